@@ -1,0 +1,158 @@
+#include "ipc/mutex.hpp"
+
+#include <linux/futex.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <ctime>
+
+#include "ipc/detail/futex.hpp"
+#include "ipc/log.hpp"
+
+namespace ipc {
+namespace {
+
+// glibc-internal values of pthread_mutex_t::__data.__owner (nptl/pthreadP.h),
+// read for diagnostics only.
+constexpr int kGlibcOwnerInconsistent = INT_MAX;
+constexpr int kGlibcOwnerNotRecoverable = INT_MAX - 1;
+
+timespec to_timespec(std::uint64_t ns) {
+  timespec ts{};
+  ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000u);
+  ts.tv_nsec = static_cast<long>(ns % 1'000'000'000u);
+  return ts;
+}
+
+std::uint64_t to_deadline_ns(std::chrono::steady_clock::time_point tp) {
+  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(tp.time_since_epoch()).count();
+  return ns < 0 ? 0 : static_cast<std::uint64_t>(ns);
+}
+
+}  // namespace
+
+const char* to_string(LockResult r) noexcept {
+  switch (r) {
+    case LockResult::acquired: return "acquired";
+    case LockResult::owner_died: return "owner_died";
+    case LockResult::timed_out: return "timed_out";
+    case LockResult::not_recoverable: return "not_recoverable";
+    case LockResult::deadlock: return "deadlock";
+  }
+  return "unknown";
+}
+
+Mutex::Mutex() noexcept : magic_(0) {
+  pthread_mutexattr_t attr;
+  ::pthread_mutexattr_init(&attr);
+  ::pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  ::pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  // Error-checking: relocking by the owner returns EDEADLK instead of hanging,
+  // unlocking by a non-owner returns EPERM. Same fast path cost as NORMAL.
+  ::pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
+  ::pthread_mutex_init(&native_, &attr);
+  ::pthread_mutexattr_destroy(&attr);
+  magic_ = kMagic;
+}
+
+LockResult Mutex::finish(int rc) noexcept {
+  switch (rc) {
+    case 0:
+      note_owner();
+      return LockResult::acquired;
+    case EOWNERDEAD:
+      note_owner();
+      log::warn("mutex {}: previous owner died holding it; caller must repair and mark_consistent()",
+                static_cast<const void*>(this));
+      return LockResult::owner_died;
+    case ENOTRECOVERABLE: return LockResult::not_recoverable;
+    case EDEADLK: return LockResult::deadlock;
+    default: return LockResult::timed_out;  // EBUSY, ETIMEDOUT
+  }
+}
+
+LockResult Mutex::try_lock() noexcept { return finish(::pthread_mutex_trylock(&native_)); }
+
+LockResult Mutex::try_lock_for(std::chrono::nanoseconds timeout) noexcept {
+  return try_lock_until(std::chrono::steady_clock::now() + timeout);
+}
+
+LockResult Mutex::try_lock_until(std::chrono::steady_clock::time_point deadline) noexcept {
+  int rc = ::pthread_mutex_trylock(&native_);
+  if (rc != EBUSY) return finish(rc);
+  return lock_slow(rc, to_deadline_ns(deadline));
+}
+
+LockResult Mutex::lock_slow(int first_rc, std::uint64_t deadline_ns) noexcept {
+  if (first_rc != EBUSY) return finish(first_rc);
+  std::uint64_t now = detail::monotonic_ns();
+  if (now >= deadline_ns) return LockResult::timed_out;
+
+  waiters_.fetch_add(1, std::memory_order_relaxed);
+  std::uint64_t none = 0;
+  waiting_since_ns_.compare_exchange_strong(none, now, std::memory_order_relaxed);
+  const std::uint64_t slice = std::chrono::duration_cast<std::chrono::nanoseconds>(kLivenessSlice).count();
+  int rc = ETIMEDOUT;
+  for (;;) {
+    std::uint64_t until = now + slice < deadline_ns ? now + slice : deadline_ns;
+    timespec ts = to_timespec(until);
+    rc = ::pthread_mutex_clocklock(&native_, CLOCK_MONOTONIC, &ts);
+    if (rc != ETIMEDOUT && rc != EINTR) break;
+    now = detail::monotonic_ns();
+    if (now >= deadline_ns) break;
+    recover_dead_owner();
+  }
+  // Whoever stops waiting last clears the "waiting since" mark; a new owner
+  // with waiters behind it restarts the clock for them.
+  if (waiters_.fetch_sub(1, std::memory_order_relaxed) == 1)
+    waiting_since_ns_.store(0, std::memory_order_relaxed);
+  else if (rc == 0 || rc == EOWNERDEAD)
+    waiting_since_ns_.store(detail::monotonic_ns(), std::memory_order_relaxed);
+  return finish(rc);
+}
+
+void Mutex::recover_dead_owner() noexcept {
+  // glibc x86-64/aarch64 ABI: __data.__lock is the kernel-ABI robust futex word.
+  int* word = &native_.__data.__lock;
+  int observed = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+  auto tid = static_cast<std::uint32_t>(observed) & FUTEX_TID_MASK;
+  if (tid == 0) return;  // free, or the kernel already marked OWNER_DIED
+  // SYNC POINT: pairs with the release store in note_owner().
+  std::uint64_t rec = owner_.load(std::memory_order_acquire);
+  std::uint64_t token = owner_token_.load(std::memory_order_relaxed);
+  if (static_cast<std::uint32_t>(rec) != tid) return;  // owner unknown: assume alive
+  auto pid = static_cast<pid_t>(rec >> 32);
+  if (detail::process_liveness(pid, token) != detail::Liveness::dead) return;
+  int died = static_cast<int>((static_cast<std::uint32_t>(observed) & FUTEX_WAITERS) | FUTEX_OWNER_DIED);
+  if (__atomic_compare_exchange_n(word, &observed, died, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+    log::warn("mutex {}: owner pid {} tid {} is dead but the kernel did not release the lock; released it",
+              static_cast<const void*>(this), pid, tid);
+    detail::futex_wake_raw(word, 1);
+  }
+}
+
+void Mutex::unlock_failed(int rc) noexcept {
+  log::error("mutex {}: unlock by a thread that does not own it ({}); ignored", static_cast<const void*>(this),
+             std::strerror(rc));
+}
+
+bool Mutex::mark_consistent() noexcept { return ::pthread_mutex_consistent(&native_) == 0; }
+
+LockInfo Mutex::info() const noexcept {
+  LockInfo out;
+  std::uint64_t rec = owner_.load(std::memory_order_acquire);
+  out.owner_pid = static_cast<std::uint32_t>(rec >> 32);
+  out.owner_tid = static_cast<std::uint32_t>(rec);
+  out.waiters = waiters_.load(std::memory_order_relaxed);
+  out.acquisitions = acquisitions_.load(std::memory_order_relaxed);
+  std::uint64_t since = waiting_since_ns_.load(std::memory_order_relaxed);
+  std::uint64_t now = detail::monotonic_ns();
+  out.waited_ns = since != 0 && now > since ? now - since : 0;
+  int glibc_owner = __atomic_load_n(&native_.__data.__owner, __ATOMIC_RELAXED);
+  out.owner_died_unrepaired = glibc_owner == kGlibcOwnerInconsistent;
+  out.not_recoverable = glibc_owner == kGlibcOwnerNotRecoverable;
+  return out;
+}
+
+}  // namespace ipc
