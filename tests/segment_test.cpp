@@ -141,7 +141,7 @@ TEST_CASE("a creator killed inside object init leaves a directory the next proce
   CHECK(seg.objects().size() == 3);
 }
 
-TEST_CASE("object lifecycle: remove frees space for reuse; errors name the object") {
+TEST_CASE("object lifecycle: remove frees space for reuse and errors name the object") {
   TestDomain d;
   SegmentOptions o = opts(d, 128u << 10);
   o.directory_capacity = 4;

@@ -10,6 +10,13 @@
 #include "ipc/detail/futex.hpp"
 #include "ipc/log.hpp"
 
+#if defined(__SANITIZE_THREAD__)
+#define IPC_TSAN 1
+#include <sanitizer/tsan_interface.h>
+#else
+#define IPC_TSAN 0
+#endif
+
 namespace ipc {
 namespace {
 
@@ -23,11 +30,6 @@ timespec to_timespec(std::uint64_t ns) {
   ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000u);
   ts.tv_nsec = static_cast<long>(ns % 1'000'000'000u);
   return ts;
-}
-
-std::uint64_t to_deadline_ns(std::chrono::steady_clock::time_point tp) {
-  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(tp.time_since_epoch()).count();
-  return ns < 0 ? 0 : static_cast<std::uint64_t>(ns);
 }
 
 }  // namespace
@@ -66,10 +68,34 @@ LockResult Mutex::finish(int rc) noexcept {
       log::warn("mutex {}: previous owner died holding it; caller must repair and mark_consistent()",
                 static_cast<const void*>(this));
       return LockResult::owner_died;
-    case ENOTRECOVERABLE: return LockResult::not_recoverable;
+    case ENOTRECOVERABLE: {
+      // glibc 2.36 pthread_mutex_trylock takes the lock word (0 → our tid)
+      // before it sees NOTRECOVERABLE and returns without releasing it, which
+      // would wedge the mutex for every process. Release it as unlock would.
+      int* word = &native_.__data.__lock;
+      int observed = __atomic_load_n(word, __ATOMIC_RELAXED);
+      if ((static_cast<std::uint32_t>(observed) & FUTEX_TID_MASK) == detail::self().tid) {
+        int prev = __atomic_exchange_n(word, 0, __ATOMIC_RELEASE);
+        if (static_cast<std::uint32_t>(prev) & FUTEX_WAITERS) detail::futex_wake_raw(word, 1);
+      }
+      return LockResult::not_recoverable;
+    }
     case EDEADLK: return LockResult::deadlock;
     default: return LockResult::timed_out;  // EBUSY, ETIMEDOUT
   }
+}
+
+int Mutex::clocklock(const timespec* deadline) noexcept {
+#if IPC_TSAN
+  // libtsan (GCC 12) does not intercept pthread_mutex_clocklock: tell it.
+  __tsan_mutex_pre_lock(&native_, __tsan_mutex_try_lock);
+  int rc = ::pthread_mutex_clocklock(&native_, CLOCK_MONOTONIC, deadline);
+  bool got = rc == 0 || rc == EOWNERDEAD;
+  __tsan_mutex_post_lock(&native_, __tsan_mutex_try_lock | (got ? 0 : __tsan_mutex_try_lock_failed), 0);
+  return rc;
+#else
+  return ::pthread_mutex_clocklock(&native_, CLOCK_MONOTONIC, deadline);
+#endif
 }
 
 LockResult Mutex::try_lock() noexcept { return finish(::pthread_mutex_trylock(&native_)); }
@@ -81,7 +107,7 @@ LockResult Mutex::try_lock_for(std::chrono::nanoseconds timeout) noexcept {
 LockResult Mutex::try_lock_until(std::chrono::steady_clock::time_point deadline) noexcept {
   int rc = ::pthread_mutex_trylock(&native_);
   if (rc != EBUSY) return finish(rc);
-  return lock_slow(rc, to_deadline_ns(deadline));
+  return lock_slow(rc, detail::deadline_ns(deadline));
 }
 
 LockResult Mutex::lock_slow(int first_rc, std::uint64_t deadline_ns) noexcept {
@@ -97,7 +123,7 @@ LockResult Mutex::lock_slow(int first_rc, std::uint64_t deadline_ns) noexcept {
   for (;;) {
     std::uint64_t until = now + slice < deadline_ns ? now + slice : deadline_ns;
     timespec ts = to_timespec(until);
-    rc = ::pthread_mutex_clocklock(&native_, CLOCK_MONOTONIC, &ts);
+    rc = clocklock(&ts);
     if (rc != ETIMEDOUT && rc != EINTR) break;
     now = detail::monotonic_ns();
     if (now >= deadline_ns) break;
@@ -115,15 +141,18 @@ LockResult Mutex::lock_slow(int first_rc, std::uint64_t deadline_ns) noexcept {
 void Mutex::recover_dead_owner() noexcept {
   // glibc x86-64/aarch64 ABI: __data.__lock is the kernel-ABI robust futex word.
   int* word = &native_.__data.__lock;
-  int observed = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+  int observed = __atomic_load_n(word, __ATOMIC_ACQUIRE);                      // A
   auto tid = static_cast<std::uint32_t>(observed) & FUTEX_TID_MASK;
   if (tid == 0) return;  // free, or the kernel already marked OWNER_DIED
-  // SYNC POINT: pairs with the release store in note_owner().
-  std::uint64_t rec = owner_.load(std::memory_order_acquire);
+  std::uint64_t before = acquisitions_.load(std::memory_order_acquire);        // B
+  std::uint64_t rec = owner_.load(std::memory_order_relaxed);
   std::uint64_t token = owner_token_.load(std::memory_order_relaxed);
+  // SYNC POINT: pairs with the release fence in note_owner().
+  std::atomic_thread_fence(std::memory_order_acquire);
+  if (acquisitions_.load(std::memory_order_relaxed) != before) return;         // C: changed hands meanwhile
   if (static_cast<std::uint32_t>(rec) != tid) return;  // owner unknown: assume alive
   auto pid = static_cast<pid_t>(rec >> 32);
-  if (detail::process_liveness(pid, token) != detail::Liveness::dead) return;
+  if (detail::thread_liveness(pid, static_cast<pid_t>(tid), token) != detail::Liveness::dead) return;
   int died = static_cast<int>((static_cast<std::uint32_t>(observed) & FUTEX_WAITERS) | FUTEX_OWNER_DIED);
   if (__atomic_compare_exchange_n(word, &observed, died, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
     log::warn("mutex {}: owner pid {} tid {} is dead but the kernel did not release the lock; released it",

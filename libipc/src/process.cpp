@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -17,8 +19,28 @@ namespace {
 void after_fork_in_child() {
   // Only the forking thread survives; its cached pid and tid are now wrong.
   t_self_cache = {0, 0};
-  g_self_token_cache = 0;
+  g_self_token_cache.store(0, std::memory_order_relaxed);
 }
+
+// "Threads:" of /proc/<pid>/status, or -1 if unreadable. A zombie thread-group
+// leader whose other threads still run shows state Z with Threads > 1.
+int thread_count(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/status", static_cast<int>(pid));
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  char buf[4096];
+  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return -1;
+  buf[n] = '\0';
+  const char* p = std::strstr(buf, "\nThreads:");
+  return p ? std::atoi(p + 9) : -1;
+}
+
+// Does the process exist at all (zombies included)? Asks the kernel, which
+// answers even where /proc hides other users' processes (hidepid).
+bool process_exists(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
 
 const int g_atfork_registered = [] {
   pthread_atfork(nullptr, nullptr, &after_fork_in_child);
@@ -76,16 +98,25 @@ ThreadIdentity load_self() noexcept {
 std::uint64_t load_self_token() noexcept {
   std::uint64_t token = process_token(static_cast<pid_t>(self_pid()));
   // /proc unreadable: liveness checks then fall back to pid existence.
-  g_self_token_cache = token == 0 ? kTokenUnknown : token;
-  return g_self_token_cache;
+  if (token == 0) token = kTokenUnknown;
+  g_self_token_cache.store(token, std::memory_order_relaxed);
+  return token;
 }
 
 std::uint64_t process_token(pid_t pid) noexcept {
   char state = 0;
   std::uint64_t start = 0;
   int err = 0;
-  if (!read_stat(pid, &state, &start, &err)) return err == ENOENT || err == ESRCH ? 0 : kTokenUnknown;
-  if (state == 'Z' || state == 'X') return 0;
+  if (!read_stat(pid, &state, &start, &err)) {
+    // ENOENT also comes from hidepid=2, subset=pid or no /proc at all: only
+    // the kernel's ESRCH proves the process is gone.
+    if ((err == ENOENT || err == ESRCH) && !process_exists(pid)) return 0;
+    return kTokenUnknown;
+  }
+  // A zombie has run its exit path (robust futexes released); but a zombie
+  // *leader* whose other threads still run is a live process.
+  if (state == 'X') return 0;
+  if (state == 'Z' && thread_count(pid) <= 1) return 0;
   return start + 1;  // +1 keeps a (theoretical) start time of 0 distinct from "dead"
 }
 
@@ -96,6 +127,14 @@ Liveness process_liveness(pid_t pid, std::uint64_t token) noexcept {
   if (now == 0) return Liveness::dead;
   if (token == 0 || token == kTokenUnknown) return Liveness::alive;
   return now == token ? Liveness::alive : Liveness::dead;
+}
+
+Liveness thread_liveness(pid_t pid, pid_t tid, std::uint64_t token) noexcept {
+  Liveness process = process_liveness(pid, token);
+  if (process != Liveness::alive || tid <= 0) return process;
+  // tgkill checks that tid is a thread of pid: an exited thread gives ESRCH.
+  if (::syscall(SYS_tgkill, pid, tid, 0) != 0 && errno == ESRCH) return Liveness::dead;
+  return Liveness::alive;
 }
 
 std::uint64_t pid_namespace_id() noexcept {

@@ -41,14 +41,21 @@
 //
 // Owner record (written by the owner only, after acquiring, before release;
 // readers are racy by design and only used for diagnostics and the backstop):
-//   1. owner_token_ = identity token of the owning process    (relaxed)
-//   2. owner_       = pid << 32 | tid                         (release)
-//   3. acquisitions_ += 1                                      (relaxed)
-//   unlock: owner_ = 0 (relaxed), then the pthread unlock (release).
-// SYNC POINT: a backstop reader loads owner_ (acquire) and then the token, so
-// it never pairs a new owner's tid with an older owner's token.
-// A death between acquiring and step 2 leaves a stale or zero owner_: the
-// backstop then sees a tid mismatch, treats the owner as unknown (alive), and
+//   1. acquisitions_ += 1                                      (relaxed)
+//      release fence
+//   2. owner_token_ = identity token of the owning process    (relaxed)
+//   3. owner_       = pid << 32 | tid                         (relaxed)
+//   unlock: owner_ = 0 if it is ours (relaxed), then the pthread unlock.
+// The backstop reads it like a seqlock: A: word; B: acquisitions_ (acquire);
+// owner_, token; acquire fence; C: acquisitions_ again — and gives up unless
+// B == C and the word's tid equals owner_'s tid. B == C rules out an ABA in
+// which the owner changed and changed back while it read (a newer owner's
+// token paired with an older pid); a record half-written by the *current*
+// owner (step 2 done, 3 not) may pair the previous pid with the new token,
+// but then the word names the current owner, not the previous one, so the
+// final CAS from the observed word fails (same tid = same thread = same token).
+// A death between acquiring and step 3 leaves a stale or zero owner_: the
+// backstop sees a tid mismatch, treats the owner as unknown (alive), and
 // relies on the kernel, which always handles that case.
 //
 // Cost: the fast path is pthread_mutex_trylock + three stores to the line the
@@ -133,7 +140,11 @@ class alignas(64) Mutex {
   // mark_consistent() this makes the mutex not_recoverable (see above).
   // Unlocking a lock this thread does not own is logged and ignored.
   void unlock() noexcept {
-    owner_.store(0, std::memory_order_relaxed);
+    // Clear the owner record only if it is ours: a misplaced unlock by a
+    // non-owner must not erase the real owner (glibc refuses it with EPERM).
+    detail::ThreadIdentity me = detail::self();
+    std::uint64_t mine = std::uint64_t{me.pid} << 32 | me.tid;
+    if (owner_.load(std::memory_order_relaxed) == mine) owner_.store(0, std::memory_order_relaxed);
     int rc = ::pthread_mutex_unlock(&native_);
     if (rc != 0) [[unlikely]]
       unlock_failed(rc);
@@ -152,26 +163,33 @@ class alignas(64) Mutex {
 
   void note_owner() noexcept {
     detail::ThreadIdentity me = detail::self();
-    owner_token_.store(detail::self_token(), std::memory_order_relaxed);
-    // SYNC POINT: pairs with the acquire load in recover_dead_owner().
-    owner_.store(std::uint64_t{me.pid} << 32 | me.tid, std::memory_order_release);
     acquisitions_.store(acquisitions_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    // SYNC POINT: pairs with the acquire fence in recover_dead_owner(); the
+    // counter bump is visible before the new token/owner (seqlock writer).
+    // Free on x86 (a compiler barrier).
+    std::atomic_thread_fence(std::memory_order_release);
+    owner_token_.store(detail::self_token(), std::memory_order_relaxed);
+    owner_.store(std::uint64_t{me.pid} << 32 | me.tid, std::memory_order_relaxed);
   }
   LockResult lock_slow(int first_rc, std::uint64_t deadline_ns) noexcept;
   LockResult finish(int rc) noexcept;
+  int clocklock(const struct timespec* deadline) noexcept;
   void recover_dead_owner() noexcept;
   void unlock_failed(int rc) noexcept;
 
-  pthread_mutex_t native_;
-  std::uint32_t magic_;
-  std::atomic<std::uint32_t> waiters_{0};
+  // Line 0: everything the uncontended path touches (lock word + owner record).
+  pthread_mutex_t native_;                     // 40 bytes
   std::atomic<std::uint64_t> owner_{0};        // pid << 32 | tid of the owner, 0 = none
   std::atomic<std::uint64_t> owner_token_{0};  // identity token of the owner's process
   std::atomic<std::uint64_t> acquisitions_{0};
+  // Line 1: written only by the slow path and at construction.
+  std::uint32_t magic_;
+  std::atomic<std::uint32_t> waiters_{0};
   std::atomic<std::uint64_t> waiting_since_ns_{0};  // monotonic; 0 = nobody waits
 };
 
 static_assert(sizeof(Mutex) == 128 && alignof(Mutex) == 64, "Mutex layout is part of the segment format");
+static_assert(sizeof(pthread_mutex_t) == 40, "the owner record must share the lock word's cache line");
 
 // RAII lock for code that treats owner_died as acquired *after* repairing:
 // the constructor calls lock(); `result()` tells what happened; `owns_lock()`

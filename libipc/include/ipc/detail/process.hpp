@@ -7,13 +7,20 @@
 // Liveness: a bare pid never decides that a process is dead (pids are reused).
 // Every owner record stores the pid *and* an identity token: the process start
 // time in clock ticks since boot (/proc/<pid>/stat field 22). A process is
-// dead when /proc/<pid>/stat is missing, names a zombie, or shows another
-// start time. When /proc cannot be read (hidepid, EACCES) the answer is
-// "alive": a false "dead" would create two owners of one lock.
+// dead when kill(pid, 0) says ESRCH, when it is a zombie with no thread left
+// (a zombie *leader* whose other threads run is alive), or when /proc shows
+// another start time (the pid was reused). When /proc cannot tell (hidepid,
+// EACCES, not mounted) and the kernel says the pid exists, the answer is
+// "unknown", which every caller treats as alive: a false "dead" would create
+// two owners of one lock. Slot tables that are keyed by process must match
+// their own slot by pid *and* token, never by pid alone.
 #pragma once
 
-#include <cstdint>
 #include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
 
 namespace ipc::detail {
 
@@ -28,7 +35,7 @@ struct ThreadIdentity {
 // Per-thread cache, reset in the fork child by a pthread_atfork handler (the
 // forking thread is the only one there). Inline: it sits on lock fast paths.
 inline thread_local ThreadIdentity t_self_cache{0, 0};
-inline std::uint64_t g_self_token_cache = 0;  // per process; reset after fork
+inline std::atomic<std::uint64_t> g_self_token_cache{0};  // per process; reset after fork
 ThreadIdentity load_self() noexcept;
 std::uint64_t load_self_token() noexcept;
 
@@ -43,7 +50,7 @@ inline std::uint32_t self_pid() noexcept { return self().pid; }
 // This process's identity token (start time; kTokenUnknown if /proc is not
 // readable; never 0). Cached, fork-safe.
 inline std::uint64_t self_token() noexcept {
-  std::uint64_t token = g_self_token_cache;
+  std::uint64_t token = g_self_token_cache.load(std::memory_order_relaxed);
   if (token == 0) [[unlikely]]
     token = load_self_token();
   return token;
@@ -59,6 +66,10 @@ enum class Liveness { alive, dead, unknown };
 // "not recorded": then only a missing process counts as dead.
 Liveness process_liveness(pid_t pid, std::uint64_t token) noexcept;
 
+// As process_liveness, and additionally dead when thread `tid` of `pid` has
+// exited (tgkill(pid, tid, 0) == ESRCH) while the process lives on.
+Liveness thread_liveness(pid_t pid, pid_t tid, std::uint64_t token) noexcept;
+
 // Inode of /proc/self/ns/pid (0 if unreadable): processes sharing one libipc
 // domain must share a PID namespace, since owner records hold pids and tids.
 std::uint64_t pid_namespace_id() noexcept;
@@ -66,5 +77,11 @@ std::uint64_t pid_namespace_id() noexcept;
 // CLOCK_MONOTONIC and CLOCK_REALTIME in nanoseconds.
 std::uint64_t monotonic_ns() noexcept;
 std::uint64_t realtime_ns() noexcept;
+
+// A steady_clock (= CLOCK_MONOTONIC on Linux) deadline as monotonic ns; past → 0.
+inline std::uint64_t deadline_ns(std::chrono::steady_clock::time_point tp) noexcept {
+  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(tp.time_since_epoch()).count();
+  return ns < 0 ? 0 : static_cast<std::uint64_t>(ns);
+}
 
 }  // namespace ipc::detail

@@ -1,0 +1,129 @@
+// ipc/event.hpp — the event notifier: "wait until something changes", for
+// futex sleepers and for epoll users, across processes.
+//
+// Types: `Event` (the shared struct), `EventListener` (a per-process pollable
+// file descriptor bound to one Event), `EventWait`.
+//
+// An Event is a 32-bit sequence number. notify() increments it and wakes
+// everyone waiting for it to change: threads blocked in wait() (futex), and
+// armed EventListeners (one datagram each, which makes their fd readable).
+// Channels and queues use it as "data arrived" / "space freed".
+//
+// Why a datagram socket and not an eventfd for the pollable side: an eventfd
+// cannot be reached by another process without fd passing (SCM_RIGHTS through
+// a broker, or pidfd_getfd, which needs ptrace rights). A Unix datagram socket
+// bound in the *abstract* namespace ("\0ipc.ev.<random>") is addressable by
+// name from any process of the same network namespace and leaves no file to
+// clean up when its owner dies. The listener records that address in a slot.
+//
+// Layout: line 0 {seq_, waiters_, armed_ bitmask}; then kMaxListeners slots
+// {state, pid, token, address}. Zeroed memory is a valid empty Event.
+//
+// Listener protocol (no lost wake-up; the same Dekker pair as CondVar):
+//   listener L1 armed_ |= bit (seq_cst)     notifier N1 publish the data
+//            L2 re-check the condition;               N2 seq_ += 1 (seq_cst)
+//               if it holds, handle it                N3 m = armed_ (seq_cst);
+//            L3 poll/epoll on fd()                       if m: m = exchange(armed_, 0)
+//            L4 drain(), go to L1                        N4 for each bit: sendto(slot)
+// Either N3 sees L1's bit and sends, or L2 sees the data. The exchange in N3
+// clears the bits so that a burst of notifies sends one datagram per armed
+// listener, not one per notify.
+//
+// Crash behaviour: a dead futex waiter leaves the waiters_ hint one high (a
+// spare FUTEX_WAKE). A dead listener leaves its slot and maybe its armed bit:
+// the next notifier's sendto fails with ECONNREFUSED, checks the slot owner's
+// liveness and frees the slot; new listeners also reclaim slots of dead
+// processes. A notifier dying anywhere loses at most its own notification.
+//
+// Concurrency: any number of notifiers and waiters in any processes. An
+// EventListener object belongs to one process (it owns the socket); do not
+// use it in a fork child.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+
+namespace ipc {
+
+enum class EventWait : std::uint8_t { changed, timed_out };
+
+class alignas(64) Event {
+ public:
+  static constexpr int kMaxListeners = 64;
+
+  Event() noexcept = default;  // placement-new into shared memory (or zeroed memory)
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+
+  // The current sequence number; pass it to wait() to sleep until it changes.
+  std::uint32_t value() const noexcept { return seq_.load(std::memory_order_seq_cst); }
+
+  // Increments the sequence and wakes all waiters and armed listeners. Costs
+  // one atomic RMW and two loads when nobody sleeps.
+  void notify() noexcept {
+    seq_.fetch_add(1, std::memory_order_seq_cst);  // N2
+    if (waiters_.load(std::memory_order_seq_cst) != 0 || armed_.load(std::memory_order_seq_cst) != 0) [[unlikely]]
+      wake_sleepers();
+  }
+
+  // Sleeps until value() != seen or the deadline passes. Spurious returns of
+  // `changed` do not happen, but the value may have changed more than once.
+  EventWait wait(std::uint32_t seen) noexcept;
+  EventWait wait_for(std::uint32_t seen, std::chrono::nanoseconds timeout) noexcept;
+  EventWait wait_until(std::uint32_t seen, std::chrono::steady_clock::time_point deadline) noexcept;
+
+  std::uint32_t waiters() const noexcept { return waiters_.load(std::memory_order_relaxed); }
+  int listeners() const noexcept;
+
+ private:
+  friend class EventListener;
+  struct Slot {
+    std::atomic<std::uint32_t> state;  // kSlotFree / kSlotClaimed / kSlotReady
+    std::uint32_t pid;
+    std::uint64_t token;    // process identity (detail::process_token)
+    std::uint64_t address;  // abstract socket name suffix
+  };
+  void wake_sleepers() noexcept;
+  EventWait wait_impl(std::uint32_t seen, std::uint64_t deadline_ns) noexcept;
+
+  std::atomic<std::uint32_t> seq_{0};
+  std::atomic<std::uint32_t> waiters_{0};
+  std::atomic<std::uint64_t> armed_{0};  // bit i: listener i sleeps and wants a datagram
+  Slot slots_[kMaxListeners]{};
+};
+
+static_assert(sizeof(Event) == 1600, "Event layout is part of the segment format");
+
+// A pollable handle on an Event for one process. fd() becomes readable after
+// a notify() that followed arm(). Typical loop (epoll or poll):
+//
+//   EventListener l(event);
+//   for (;;) {
+//     l.arm();
+//     if (auto msg = channel.try_receive()) { handle(*msg); continue; }
+//     epoll_wait(...);   // fd() readable
+//     l.drain();
+//   }
+class EventListener {
+ public:
+  // Claims a listener slot and binds the socket. Throws ipc::Error
+  // (no_space when all kMaxListeners slots belong to live processes).
+  explicit EventListener(Event& event);
+  ~EventListener();
+  EventListener(const EventListener&) = delete;
+  EventListener& operator=(const EventListener&) = delete;
+
+  int fd() const noexcept { return fd_; }
+  // Asks for a datagram on the next notify(). Re-check your condition after.
+  void arm() noexcept;
+  // Reads all pending datagrams (non-blocking); returns how many.
+  int drain() noexcept;
+
+ private:
+  Event& event_;
+  int slot_ = -1;
+  int fd_ = -1;
+};
+
+}  // namespace ipc
