@@ -34,10 +34,19 @@ bool Barrier::lock_internal() noexcept {
 
 int Barrier::my_slot() const noexcept {
   detail::ThreadIdentity me = detail::self();
+  const std::uint64_t token = detail::self_token();
   for (std::uint32_t i = 0; i < kMaxParticipants; ++i)
-    if (slots_[i].pid == me.pid && slots_[i].tid == me.tid) return static_cast<int>(i);
+    if (slots_[i].pid == me.pid && slots_[i].tid == me.tid && slots_[i].token == token) return static_cast<int>(i);
   return -1;
 }
+
+namespace {
+template <typename Slot>
+bool participant_dead(const Slot& s) {
+  return detail::thread_liveness(static_cast<pid_t>(s.pid), static_cast<pid_t>(s.tid), s.token) ==
+         detail::Liveness::dead;
+}
+}  // namespace
 
 std::uint32_t Barrier::joined() const noexcept {
   std::uint32_t n = 0;
@@ -57,7 +66,7 @@ void Barrier::join() {
   if (my_slot() >= 0) throw Error(ErrorCode::already_exists, "this thread already joined the barrier");
   if (joined() >= participants_) {
     for (Slot& s : slots_)
-      if (s.pid && detail::process_liveness(static_cast<pid_t>(s.pid), s.token) == detail::Liveness::dead) s = Slot{};
+      if (s.pid && participant_dead(s)) s = Slot{};
     if (joined() >= participants_)
       throw Error(ErrorCode::no_space, "barrier already has its " + std::to_string(participants_) +
                                            " participants, all alive; leave() one first");
@@ -95,10 +104,12 @@ bool Barrier::check_dead_locked() noexcept {
   if (broken_pid_.load(std::memory_order_relaxed)) return true;
   for (const Slot& s : slots_) {
     if (!s.pid || s.arrived_phase == std::uint64_t{phase_} + 1) continue;
-    if (detail::process_liveness(static_cast<pid_t>(s.pid), s.token) != detail::Liveness::dead) continue;
-    log::warn("barrier {}: participant pid {} died before arriving; breaking the barrier",
-              static_cast<const void*>(this), s.pid);
+    if (!participant_dead(s)) continue;
+    log::warn("barrier {}: participant pid {} tid {} died before arriving; breaking the barrier",
+              static_cast<const void*>(this), s.pid, s.tid);
     broken_pid_.store(s.pid, std::memory_order_release);
+    last_dead_pid_.store(s.pid, std::memory_order_release);
+    ++epoch_;
     phase_word_.fetch_add(1, std::memory_order_release);  // wakes sleepers; phase_ itself does not advance
     detail::futex_wake(&phase_word_, INT32_MAX);
     return true;
@@ -125,20 +136,21 @@ BarrierResult Barrier::arrive(std::uint64_t deadline_ns) noexcept {
     return out;
   }
   const std::uint32_t my_phase = phase_;
+  const std::uint32_t my_epoch = epoch_;
   std::uint32_t seen = phase_word_.load(std::memory_order_acquire);
   lock_.unlock();
 
   const std::uint64_t slice = std::chrono::duration_cast<std::chrono::nanoseconds>(Mutex::kLivenessSlice).count();
   for (;;) {  // step 4
-    if (std::uint32_t dead = broken_pid_.load(std::memory_order_acquire)) return {BarrierResult::broken, dead};
     std::uint32_t now_word = phase_word_.load(std::memory_order_acquire);
     if (now_word != seen) {
       if (!lock_internal()) return {BarrierResult::not_recoverable, 0};
       bool moved = phase_ != my_phase;
-      std::uint32_t dead = broken_pid_.load(std::memory_order_relaxed);
+      bool broke = epoch_ != my_epoch;
+      std::uint32_t dead = last_dead_pid_.load(std::memory_order_relaxed);
       lock_.unlock();
       if (moved) return out;
-      if (dead) return {BarrierResult::broken, dead};
+      if (broke) return {BarrierResult::broken, dead};
       seen = now_word;
     }
     std::uint64_t now = detail::monotonic_ns();
@@ -146,9 +158,12 @@ BarrierResult Barrier::arrive(std::uint64_t deadline_ns) noexcept {
       // Withdraw the arrival so a later phase does not count it twice.
       if (lock_internal()) {
         bool moved = phase_ != my_phase;
-        if (!moved && (i = my_slot()) >= 0) slots_[i].arrived_phase = 0;
+        bool broke = epoch_ != my_epoch;
+        std::uint32_t dead = last_dead_pid_.load(std::memory_order_relaxed);
+        if (!moved && !broke && (i = my_slot()) >= 0) slots_[i].arrived_phase = 0;
         lock_.unlock();
         if (moved) return out;
+        if (broke) return {BarrierResult::broken, dead};
       }
       return {BarrierResult::timed_out, 0};
     }
@@ -167,11 +182,11 @@ BarrierResult Barrier::arrive_and_wait_for(std::chrono::nanoseconds timeout) noe
 void Barrier::reset() noexcept {
   if (!lock_internal()) return;
   for (Slot& s : slots_) {
-    if (s.pid && detail::process_liveness(static_cast<pid_t>(s.pid), s.token) == detail::Liveness::dead) s = Slot{};
+    if (s.pid && participant_dead(s)) s = Slot{};
     s.arrived_phase = 0;
   }
   broken_pid_.store(0, std::memory_order_release);
-  ++phase_;
+  ++epoch_;  // anyone still asleep in the old epoch returns broken, not ok
   phase_word_.fetch_add(1, std::memory_order_release);
   detail::futex_wake(&phase_word_, INT32_MAX);
   lock_.unlock();

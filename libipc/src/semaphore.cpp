@@ -36,30 +36,32 @@ void Semaphore::recompute() noexcept {
   std::int64_t v = base_;
   for (const Holder& h : holders_) v -= h.pid ? h.held : 0;
   v = std::clamp<std::int64_t>(v, 0, kMaxValue);
-  available_.store(static_cast<std::uint32_t>(v), std::memory_order_release);
+  // seq_cst: half of the Dekker pair with a sleeper's waiters_++ / re-check.
+  available_.store(static_cast<std::uint32_t>(v), std::memory_order_seq_cst);
 }
 
-int Semaphore::find_holder(std::uint32_t pid) const noexcept {
+int Semaphore::find_holder(std::uint32_t pid, std::uint64_t token) const noexcept {
   for (int i = 0; i < kMaxHolders; ++i)
-    if (holders_[i].pid == pid) return i;
+    if (holders_[i].pid == pid && (pid == 0 || holders_[i].token == token)) return i;
   return -1;
 }
 
-std::uint32_t Semaphore::reclaim_dead_locked() noexcept {
-  std::uint32_t returned = 0;
+Semaphore::Reclaimed Semaphore::reclaim_dead_locked() noexcept {
+  Reclaimed out;
   for (Holder& h : holders_) {
     if (h.pid == 0) continue;
     if (detail::process_liveness(static_cast<pid_t>(h.pid), h.token) != detail::Liveness::dead) continue;
-    returned += h.held;
+    out.permits += h.held;
+    ++out.slots;
     h = Holder{};
   }
-  if (returned) recompute();
-  return returned;
+  if (out.permits) recompute();
+  return out;
 }
 
 std::uint32_t Semaphore::reclaim_dead() noexcept {
   if (!lock_internal()) return 0;
-  std::uint32_t n = reclaim_dead_locked();
+  std::uint32_t n = reclaim_dead_locked().permits;
   lock_.unlock();
   if (n && waiters_.load(std::memory_order_seq_cst)) detail::futex_wake(&available_, INT32_MAX);
   return n;
@@ -75,7 +77,7 @@ void Semaphore::post(std::uint32_t n) noexcept {
 
 bool Semaphore::release() noexcept {
   if (!lock_internal()) return false;
-  int i = find_holder(detail::self_pid());
+  int i = find_holder(detail::self_pid(), detail::self_token());
   bool ok = i >= 0 && holders_[i].held > 0;
   if (ok) {
     if (--holders_[i].held == 0) holders_[i] = Holder{};
@@ -87,7 +89,7 @@ bool Semaphore::release() noexcept {
 }
 
 std::uint32_t Semaphore::held_by_me() const noexcept {
-  int i = find_holder(detail::self_pid());
+  int i = find_holder(detail::self_pid(), detail::self_token());
   return i < 0 ? 0 : holders_[i].held;
 }
 
@@ -102,12 +104,13 @@ SemaphoreResult Semaphore::take(bool owned, std::uint64_t deadline_ns) noexcept 
           --base_;
           r = SemaphoreResult::acquired;
         } else {
-          std::uint32_t me = detail::self_pid();
-          int i = find_holder(me);
-          if (i < 0) i = find_holder(0);
-          if (i < 0 && reclaim_dead_locked()) i = find_holder(0);
+          const std::uint32_t me = detail::self_pid();
+          const std::uint64_t token = detail::self_token();
+          int i = find_holder(me, token);
+          if (i < 0) i = find_holder(0, 0);
+          if (i < 0 && reclaim_dead_locked().slots) i = find_holder(0, 0);
           if (i >= 0) {
-            if (holders_[i].pid == 0) holders_[i] = Holder{me, 0, detail::self_token()};
+            if (holders_[i].pid == 0) holders_[i] = Holder{me, 0, token};
             ++holders_[i].held;
             r = SemaphoreResult::acquired;
           } else {

@@ -8,59 +8,96 @@
 
 namespace ipc {
 namespace {
-constexpr std::uint32_t kReclaiming = 0xffffffffu;
+
+constexpr std::uint32_t kClaiming = 0x80000000u;  // pids are < 2^22 (pid_max)
 const std::uint64_t kSliceNs = std::chrono::duration_cast<std::chrono::nanoseconds>(Mutex::kLivenessSlice).count();
+
+std::uint32_t owner_of(std::uint64_t w) { return static_cast<std::uint32_t>(w >> 32); }
+std::uint32_t count_of(std::uint64_t w) { return static_cast<std::uint32_t>(w); }
+std::uint64_t make_word(std::uint32_t owner, std::uint32_t count) { return std::uint64_t{owner} << 32 | count; }
+
 }  // namespace
 
-SharedMutex::ReaderSlot* SharedMutex::my_slot(bool claim) noexcept {
+bool SharedMutex::reclaim_if_dead(ReaderSlot& slot, std::uint64_t observed) noexcept {
+  std::uint32_t owner = owner_of(observed);
+  if (owner == 0) return false;
+  detail::Liveness l = owner & kClaiming
+                           ? detail::process_liveness(static_cast<pid_t>(owner & ~kClaiming), 0)
+                           : detail::process_liveness(static_cast<pid_t>(owner), slot.token.load(std::memory_order_relaxed));
+  if (l != detail::Liveness::dead) return false;
+  if (!slot.word.compare_exchange_strong(observed, 0, std::memory_order_acq_rel)) return false;
+  if (count_of(observed))
+    log::warn("shared mutex {}: reader process {} died holding {} read lock(s); released them",
+              static_cast<const void*>(this), owner & ~kClaiming, count_of(observed));
+  return true;
+}
+
+SharedMutex::ReaderSlot* SharedMutex::my_slot() noexcept {
   const std::uint32_t me = detail::self_pid();
+  const std::uint64_t token = detail::self_token();
   const int start = static_cast<int>(me % kReaderSlots);
   for (int j = 0; j < kReaderSlots; ++j) {
     ReaderSlot& s = readers_[(start + j) % kReaderSlots];
-    if (s.pid.load(std::memory_order_acquire) == me) return &s;
+    std::uint64_t w = s.word.load(std::memory_order_acquire);
+    if (owner_of(w) != me) continue;
+    if (s.token.load(std::memory_order_relaxed) == token) return &s;
+    // My pid, another start time: a dead predecessor's slot.
+    s.word.compare_exchange_strong(w, 0, std::memory_order_acq_rel);
   }
-  if (!claim) return nullptr;
   for (int pass = 0; pass < 2; ++pass) {
     for (int j = 0; j < kReaderSlots; ++j) {
       ReaderSlot& s = readers_[(start + j) % kReaderSlots];
-      std::uint32_t pid = s.pid.load(std::memory_order_acquire);
-      if (pass == 1 && pid != 0 && pid != kReclaiming &&
-          detail::process_liveness(static_cast<pid_t>(pid), s.token.load(std::memory_order_relaxed)) ==
-              detail::Liveness::dead &&
-          s.pid.compare_exchange_strong(pid, kReclaiming, std::memory_order_acq_rel)) {
-        s.count.store(0, std::memory_order_seq_cst);
-        s.pid.store(0, std::memory_order_release);
-        pid = 0;
-      }
-      if (pid != 0) continue;
-      if (s.pid.compare_exchange_strong(pid, me, std::memory_order_acq_rel)) {
-        s.token.store(detail::self_token(), std::memory_order_relaxed);
-        return &s;
-      }
+      std::uint64_t w = s.word.load(std::memory_order_acquire);
+      // Pass 0 takes free slots. Pass 1 also takes slots of dead processes,
+      // and idle slots (count 0) of live ones: a process that holds no read
+      // lock loses nothing, and finds or claims a slot again on its next read.
+      bool idle = owner_of(w) != 0 && !(owner_of(w) & kClaiming) && count_of(w) == 0;
+      if (w != 0 && pass == 1 && !idle && reclaim_if_dead(s, w)) w = 0;
+      if (w != 0 && !(pass == 1 && idle)) continue;
+      if (!s.word.compare_exchange_strong(w, make_word(me | kClaiming, 0), std::memory_order_acq_rel))
+        continue;                                                     // C1
+      s.token.store(token, std::memory_order_relaxed);                // C2
+      s.word.store(make_word(me, 0), std::memory_order_release);      // C3
+      return &s;
     }
   }
   return nullptr;
 }
 
 LockResult SharedMutex::lock_shared_until_ns(std::uint64_t deadline_ns) noexcept {
+  const std::uint32_t me = detail::self_pid();
   for (;;) {
-    ReaderSlot* slot = my_slot(true);  // R1
+    ReaderSlot* slot = my_slot();  // R1
     if (slot) {
-      slot->count.fetch_add(1, std::memory_order_seq_cst);  // R2
-      if (state_.load(std::memory_order_seq_cst) == 0)       // R3
-        return suspect_.load(std::memory_order_acquire) ? LockResult::owner_died : LockResult::acquired;
-      slot->count.fetch_sub(1, std::memory_order_seq_cst);  // R4
-      detail::futex_wake(&slot->count, 1);
+      std::uint64_t w = slot->word.load(std::memory_order_relaxed);
+      while (owner_of(w) == me && !slot->word.compare_exchange_weak(w, w + 1, std::memory_order_seq_cst)) {
+      }
+      if (owner_of(w) != me) continue;                         // our idle slot was taken: find another
+      {                                                        // R2 done
+        if (state_.load(std::memory_order_seq_cst) == 0)       // R3
+          return suspect_.load(std::memory_order_acquire) ? LockResult::owner_died : LockResult::acquired;
+        w = slot->word.load(std::memory_order_relaxed);        // R4
+        while (!slot->word.compare_exchange_weak(w, w - 1, std::memory_order_seq_cst)) {
+        }
+        reader_released();
+      }
     }
     std::uint64_t now = detail::monotonic_ns();
     if (now >= deadline_ns) return LockResult::timed_out;
     sleepers_.fetch_add(1, std::memory_order_seq_cst);
-    detail::WaitResult w = detail::WaitResult::woken;
-    if (!slot || state_.load(std::memory_order_seq_cst) != 0)
-      w = detail::futex_wait(&state_, kWriter, std::min(deadline_ns, now + kSliceNs));
+    // With a slot: sleep while a writer is active. Without one: sleep a slice.
+    std::uint32_t st = state_.load(std::memory_order_seq_cst);
+    detail::WaitResult r = detail::WaitResult::woken;
+    if (!slot || st != 0) r = detail::futex_wait(&state_, st, std::min(deadline_ns, now + kSliceNs));
     sleepers_.fetch_sub(1, std::memory_order_relaxed);
-    if (w == detail::WaitResult::timed_out && state_.load(std::memory_order_acquire) != 0) probe_dead_writer();
+    if (r == detail::WaitResult::timed_out && state_.load(std::memory_order_acquire) != 0) probe_dead_writer();
   }
+}
+
+void SharedMutex::reader_released() noexcept {
+  if (state_.load(std::memory_order_seq_cst) == 0) return;
+  drain_seq_.fetch_add(1, std::memory_order_seq_cst);
+  detail::futex_wake(&drain_seq_, INT32_MAX);
 }
 
 bool SharedMutex::probe_dead_writer() noexcept {
@@ -81,13 +118,15 @@ bool SharedMutex::probe_dead_writer() noexcept {
 
 void SharedMutex::unlock_shared() noexcept {
   const std::uint32_t me = detail::self_pid();
+  const std::uint64_t token = detail::self_token();
   for (ReaderSlot& s : readers_) {
-    if (s.pid.load(std::memory_order_acquire) != me) continue;
-    std::uint32_t c = s.count.load(std::memory_order_relaxed);
-    while (c != 0 && !s.count.compare_exchange_weak(c, c - 1, std::memory_order_seq_cst)) {
+    std::uint64_t w = s.word.load(std::memory_order_acquire);
+    if (owner_of(w) != me || s.token.load(std::memory_order_relaxed) != token) continue;
+    while (count_of(w) != 0 && owner_of(w) == me &&
+           !s.word.compare_exchange_weak(w, w - 1, std::memory_order_seq_cst)) {
     }
-    if (c == 0) continue;
-    if (state_.load(std::memory_order_seq_cst) != 0) detail::futex_wake(&s.count, 1);
+    if (owner_of(w) != me || count_of(w) == 0) continue;  // this slot held none; a process may own two
+    reader_released();
     return;
   }
   log::error("shared mutex {}: unlock_shared by a process that holds no read lock; ignored",
@@ -101,8 +140,7 @@ LockResult SharedMutex::lock_until_ns(std::uint64_t deadline_ns) noexcept {
   } else if (deadline_ns == 0) {
     r = writer_.try_lock();
   } else {
-    auto tp = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
-    r = writer_.try_lock_until(tp);
+    r = writer_.try_lock_until(std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns)));
   }
   if (!owns(r)) return r;
   if (r == LockResult::owner_died) {
@@ -110,28 +148,21 @@ LockResult SharedMutex::lock_until_ns(std::uint64_t deadline_ns) noexcept {
     writer_.mark_consistent();
   }
   state_.store(kWriter, std::memory_order_seq_cst);  // W2
-  for (ReaderSlot& s : readers_) {                   // W3
-    for (;;) {
-      std::uint32_t c = s.count.load(std::memory_order_seq_cst);
-      if (c == 0) break;
-      std::uint64_t now = detail::monotonic_ns();
-      if (now >= deadline_ns) {
-        abandon_write();
-        return LockResult::timed_out;
-      }
-      if (detail::futex_wait(&s.count, c, std::min(deadline_ns, now + kSliceNs)) != detail::WaitResult::timed_out)
-        continue;
-      std::uint32_t pid = s.pid.load(std::memory_order_acquire);
-      if (pid == 0 || pid == kReclaiming) continue;
-      if (detail::process_liveness(static_cast<pid_t>(pid), s.token.load(std::memory_order_relaxed)) !=
-          detail::Liveness::dead)
-        continue;
-      if (s.pid.compare_exchange_strong(pid, kReclaiming, std::memory_order_acq_rel)) {
-        log::warn("shared mutex {}: reader process {} died holding {} read lock(s); released them",
-                  static_cast<const void*>(this), pid, c);
-        s.count.store(0, std::memory_order_seq_cst);
-        s.pid.store(0, std::memory_order_release);
-      }
+  for (;;) {                                         // W3
+    std::uint32_t seq = drain_seq_.load(std::memory_order_seq_cst);
+    bool busy = false;
+    for (ReaderSlot& s : readers_) busy |= count_of(s.word.load(std::memory_order_seq_cst)) != 0;
+    if (!busy) break;
+    std::uint64_t now = detail::monotonic_ns();
+    if (now >= deadline_ns) {
+      abandon_write();
+      return LockResult::timed_out;
+    }
+    if (detail::futex_wait(&drain_seq_, seq, std::min(deadline_ns, now + kSliceNs)) != detail::WaitResult::timed_out)
+      continue;
+    for (ReaderSlot& s : readers_) {
+      std::uint64_t w = s.word.load(std::memory_order_acquire);
+      if (count_of(w) != 0) reclaim_if_dead(s, w);
     }
   }
   return suspect_.load(std::memory_order_acquire) ? LockResult::owner_died : LockResult::acquired;  // W4
@@ -155,7 +186,7 @@ LockResult SharedMutex::try_lock_shared_for(std::chrono::nanoseconds timeout) no
 
 std::uint32_t SharedMutex::readers() const noexcept {
   std::uint32_t n = 0;
-  for (const ReaderSlot& s : readers_) n += s.count.load(std::memory_order_relaxed);
+  for (const ReaderSlot& s : readers_) n += count_of(s.word.load(std::memory_order_relaxed));
   return n;
 }
 

@@ -17,16 +17,22 @@
 //   2. my slot.arrived_phase = phase_;
 //   3. if every joined slot arrived at phase_: phase_ += 1,
 //      phase_word_ += 1 (release), FUTEX_WAKE all; unlock; return ok;
-//   4. unlock; sleep on phase_word_ in slices of Mutex::kLivenessSlice; after a
-//      slice without a wake-up, lock and check every joined slot that has not
-//      arrived: if its process is dead, set broken_pid_, bump phase_word_,
-//      wake all. Return ok when the phase moved on, broken if broken_pid_ != 0.
+//   4. remember phase_ and epoch_; unlock; sleep on phase_word_ in slices of
+//      Mutex::kLivenessSlice; after a slice without a wake-up, lock and check
+//      every joined slot that has not arrived: if its thread or process is
+//      dead, set broken_pid_ and last_dead_pid_, epoch_ += 1, bump
+//      phase_word_, wake all. Return ok when phase_ moved on; broken when
+//      epoch_ moved without the phase completing (a break, or a reset() by
+//      another survivor while this one slept).
 // A participant dying between any two steps: inside the lock → the next
 // locker gets owner_died; the state needs no repair (each step is one store
 // and the completion check is recomputed from the slots every time). Outside
 // the lock → step 4 of the others notices it within one slice.
-// After a break, reset() (by a survivor) clears dead slots and the broken
-// state; survivors and replacements then join() again as needed.
+// After a break, reset() (by a survivor) clears dead slots, arrivals and the
+// broken state and bumps epoch_; survivors and replacements then join() again
+// as needed. A participant is a (pid, tid, start time): a slot is found by
+// all three, and counts as dead when its thread exited (tgkill → ESRCH) or
+// its process did.
 #pragma once
 
 #include <atomic>
@@ -95,6 +101,8 @@ class alignas(64) Barrier {
   std::atomic<std::uint32_t> phase_{0};  // written under lock_; atomic for the racy phase() read
   alignas(64) std::atomic<std::uint32_t> phase_word_{0};  // futex word
   std::atomic<std::uint32_t> broken_pid_{0};
+  std::atomic<std::uint32_t> last_dead_pid_{0};  // survives reset(), for waiters that slept through it
+  std::uint32_t epoch_ = 0;                      // breaks + resets, under lock_
   Slot slots_[kMaxParticipants]{};
 };
 

@@ -66,12 +66,14 @@ class alignas(64) CondVar {
 
   // Predicate forms: loop until pred() holds (evaluated with m held) or the
   // deadline passes. `timed_out` is set only if pred() is still false.
+  // Returns at once, without evaluating pred() on the unrepaired data, when
+  // the re-lock reports owner_died: the caller owns `m` and must repair.
   template <typename Pred>
   CondWait wait_until(Mutex& m, std::chrono::steady_clock::time_point deadline, Pred pred) {
     CondWait w;
     while (!pred()) {
       w = wait_until(m, deadline);
-      if (!w.owns_lock()) return w;
+      if (w.lock != LockResult::acquired) return w;
       if (w.timed_out) {
         w.timed_out = !pred();
         return w;

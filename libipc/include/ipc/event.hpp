@@ -16,24 +16,31 @@
 // name from any process of the same network namespace and leaves no file to
 // clean up when its owner dies. The listener records that address in a slot.
 //
-// Layout: line 0 {seq_, waiters_, armed_ bitmask}; then kMaxListeners slots
-// {state, pid, token, address}. Zeroed memory is a valid empty Event.
+// Layout: line 0 {seq_, waiters_, active_ bitmask}; then kMaxListeners
+// slots {owner, token, address, armed_gen, sent_gen}. owner = pid << 32 |
+// generation << 2 | state (free / claimed / ready); the generation makes every
+// claim distinct, so a reclaim CAS can never free a slot that was re-claimed
+// after it looked. Zeroed memory is a valid empty Event.
 //
 // Listener protocol (no lost wake-up; the same Dekker pair as CondVar):
-//   listener L1 armed_ |= bit (seq_cst)     notifier N1 publish the data
-//            L2 re-check the condition;               N2 seq_ += 1 (seq_cst)
-//               if it holds, handle it                N3 m = armed_ (seq_cst);
-//            L3 poll/epoll on fd()                       if m: m = exchange(armed_, 0)
-//            L4 drain(), go to L1                        N4 for each bit: sendto(slot)
-// Either N3 sees L1's bit and sends, or L2 sees the data. The exchange in N3
-// clears the bits so that a burst of notifies sends one datagram per armed
-// listener, not one per notify.
+//   listener L1 armed_gen += 1 (seq_cst) notifier N1 publish the data
+//            L2 re-check the condition;           N2 seq_ += 1 (seq_cst)
+//               if it holds, handle it            N3 for each active listener:
+//            L3 poll/epoll on fd()                   a = armed_gen (seq_cst)
+//            L4 drain(), go to L1                    if a != sent_gen: sendto,
+//                                                    then CAS sent_gen → a
+// Either N3 sees L1's new armed_gen and sends, or L2 sees the data. sent_gen
+// is advanced only *after* the datagram went out, so a notifier killed
+// between N3's check and its sendto leaves armed_gen != sent_gen and the
+// next notifier sends instead: the listener can lose at most a wake-up that
+// a later notify() repairs, never stay deaf. Concurrent notifiers may send
+// twice; drain() reads all datagrams.
 //
 // Crash behaviour: a dead futex waiter leaves the waiters_ hint one high (a
-// spare FUTEX_WAKE). A dead listener leaves its slot and maybe its armed bit:
-// the next notifier's sendto fails with ECONNREFUSED, checks the slot owner's
-// liveness and frees the slot; new listeners also reclaim slots of dead
-// processes. A notifier dying anywhere loses at most its own notification.
+// spare FUTEX_WAKE). A dead listener leaves its slot: the next notifier's
+// sendto fails with ECONNREFUSED, checks the slot owner's liveness and frees
+// the slot; new listeners also reclaim slots of dead processes, including
+// slots whose owner died between claiming and becoming ready.
 //
 // Concurrency: any number of notifiers and waiters in any processes. An
 // EventListener object belongs to one process (it owns the socket); do not
@@ -60,10 +67,11 @@ class alignas(64) Event {
   std::uint32_t value() const noexcept { return seq_.load(std::memory_order_seq_cst); }
 
   // Increments the sequence and wakes all waiters and armed listeners. Costs
-  // one atomic RMW and two loads when nobody sleeps.
+  // one atomic RMW and two loads when nobody waits and no listener exists;
+  // with listeners, two more loads per listener.
   void notify() noexcept {
     seq_.fetch_add(1, std::memory_order_seq_cst);  // N2
-    if (waiters_.load(std::memory_order_seq_cst) != 0 || armed_.load(std::memory_order_seq_cst) != 0) [[unlikely]]
+    if (waiters_.load(std::memory_order_seq_cst) != 0 || active_.load(std::memory_order_seq_cst) != 0) [[unlikely]]
       wake_sleepers();
   }
 
@@ -79,21 +87,25 @@ class alignas(64) Event {
  private:
   friend class EventListener;
   struct Slot {
-    std::atomic<std::uint32_t> state;  // kSlotFree / kSlotClaimed / kSlotReady
-    std::uint32_t pid;
-    std::uint64_t token;    // process identity (detail::process_token)
-    std::uint64_t address;  // abstract socket name suffix
+    std::atomic<std::uint64_t> owner;    // pid << 32 | generation << 2 | state
+    std::atomic<std::uint64_t> token;    // process identity (detail::process_token)
+    std::atomic<std::uint64_t> address;  // abstract socket name suffix
+    std::atomic<std::uint32_t> armed_gen;
+    std::atomic<std::uint32_t> sent_gen;
   };
   void wake_sleepers() noexcept;
+  // Frees slot i if `observed` is still its owner word and that owner is dead.
+  bool reclaim_if_dead(int i, std::uint64_t observed) noexcept;
   EventWait wait_impl(std::uint32_t seen, std::uint64_t deadline_ns) noexcept;
 
   std::atomic<std::uint32_t> seq_{0};
   std::atomic<std::uint32_t> waiters_{0};
-  std::atomic<std::uint64_t> armed_{0};  // bit i: listener i sleeps and wants a datagram
-  Slot slots_[kMaxListeners]{};
+  std::atomic<std::uint64_t> active_{0};  // bit i: slot i may have a ready listener (a hint; set by
+                                          // the listener, cleared only by it, stale after its death)
+  alignas(64) Slot slots_[kMaxListeners]{};
 };
 
-static_assert(sizeof(Event) == 1600, "Event layout is part of the segment format");
+static_assert(sizeof(Event) == 64 + 64 * 32, "Event layout is part of the segment format");
 
 // A pollable handle on an Event for one process. fd() becomes readable after
 // a notify() that followed arm(). Typical loop (epoll or poll):
@@ -115,7 +127,8 @@ class EventListener {
   EventListener& operator=(const EventListener&) = delete;
 
   int fd() const noexcept { return fd_; }
-  // Asks for a datagram on the next notify(). Re-check your condition after.
+  // Asks for a datagram on the next notify(). Re-check your condition after
+  // (arm() ends with a seq_cst fence, so the re-check cannot move before it).
   void arm() noexcept;
   // Reads all pending datagrams (non-blocking); returns how many.
   int drain() noexcept;
@@ -123,6 +136,7 @@ class EventListener {
  private:
   Event& event_;
   int slot_ = -1;
+  std::uint64_t owner_word_ = 0;  // our ready owner word (for the release CAS)
   int fd_ = -1;
 };
 

@@ -82,8 +82,14 @@ class alignas(64) Semaphore {
   SemaphoreResult take(bool owned, std::uint64_t deadline_ns) noexcept;
   bool lock_internal() noexcept;  // false: not recoverable
   void recompute() noexcept;      // available_ from base_ and holders_ (lock held)
-  int find_holder(std::uint32_t pid) const noexcept;
-  std::uint32_t reclaim_dead_locked() noexcept;
+  struct Reclaimed {
+    std::uint32_t permits = 0;
+    std::uint32_t slots = 0;
+  };
+  // Slot of (pid, token); (0, 0) finds a free slot. A slot with my pid but
+  // another token is a dead predecessor's (pid reuse): never mine.
+  int find_holder(std::uint32_t pid, std::uint64_t token) const noexcept;
+  Reclaimed reclaim_dead_locked() noexcept;
 
   Mutex lock_;
   alignas(64) std::atomic<std::uint32_t> available_{0};  // futex word

@@ -8,26 +8,38 @@
 //                 draining readers, else 0; readers sleep on it
 //   suspect_      1 after a writer died holding the lock, until a writer
 //                 calls mark_consistent()
-//   readers_[]    kReaderSlots cache lines {pid, token, count}: one slot per
-//                 process holding read locks, so a dead process's read locks
-//                 can be subtracted (a single shared count could not tell
-//                 whose they were).
+//   drain_seq_    32-bit futex word a draining writer sleeps on; bumped by a
+//                 reader that releases while state_ != 0
+//   readers_[]    kReaderSlots cache lines {word = owner << 32 | count, token}:
+//                 one slot per process holding read locks, so a dead process's
+//                 read locks can be dropped (one shared count could not tell
+//                 whose they were). owner 0 = free; pid | kClaiming while being
+//                 claimed. Owner and count share one 64-bit word so that
+//                 claiming and reclaiming are single CASes (no kill point
+//                 between "take the slot" and "fix its count").
+//
+// Finding my slot: owner == my pid *and* token == my start time. A slot with
+// my pid and another token belongs to a dead process whose pid I reuse.
+// Claiming: C1 CAS word 0 → (pid|kClaiming, 0); C2 token = mine; C3 word =
+// (pid, 0) (release). A reader of the slot loads the word (acquire) before the
+// token, so it never pairs a new owner with an old token. Dying after C1
+// leaves a claiming slot that reclaimers free once that pid is gone.
+// Reclaiming a dead owner's slot: one CAS from the exact word observed to 0.
 //
 // lock_shared():                         lock():
-//   R1 find/claim my process's slot        W1 writer_.lock()  (owner_died → suspect_ = 1)
-//   R2 slot.count += 1      (seq_cst)      W2 state_ = kWriter       (seq_cst)
-//   R3 if state_ == 0       (seq_cst)      W3 for each slot: wait until count == 0
-//        return (owner_died if suspect_)      (FUTEX_WAIT on the count; after each
-//   R4 slot.count -= 1, wake a draining       slice, a slot of a dead process is zeroed)
-//      writer, sleep on state_, go to R2   W4 return (owner_died if suspect_)
-// unlock_shared(): decrement any slot of my process whose count is > 0 (a
-// process may own two slots after a claim race; only the per-process sum
-// matters); if state_ != 0 wake that slot's futex.
-// Reclaiming a dead process's slot: CAS pid dead → kReclaiming (one winner),
-// count = 0, pid = 0; so a new claimant's count is never wiped.
-// unlock(): state_ = 0 (release); wake readers; writer_.unlock().
+//   R1 find/claim my slot                  W1 writer_.lock()  (owner_died → suspect_ = 1)
+//   R2 CAS count + 1        (seq_cst)      W2 state_ = kWriter       (seq_cst)
+//   R3 if state_ == 0       (seq_cst)      W3 s = drain_seq_; if every count == 0 go to W4;
+//        return (owner_died if suspect_)      else FUTEX_WAIT(drain_seq_, s, slice); after
+//   R4 CAS count - 1, bump drain_seq_ and     a slice, reclaim slots of dead processes;
+//      wake, sleep on state_, go to R2        repeat W3
+//                                          W4 return (owner_died if suspect_)
+// unlock_shared(): CAS count - 1 on my slot; if state_ != 0, bump drain_seq_
+// and wake the writer.
+// unlock(): state_ = 0 (seq_cst); wake sleeping readers; writer_.unlock().
 // R2/R3 against W2/W3 is a Dekker pair (all seq_cst): either the reader sees
-// the writer and backs off, or the writer sees the reader's count and waits.
+// the writer and backs off, or the writer sees the reader's count and waits;
+// a release after the writer read drain_seq_ bumps it, so its sleep ends.
 //
 // Crash behaviour:
 //   * a writer dies holding the lock: the kernel releases writer_. The next
@@ -36,14 +48,16 @@
 //     state_). Either way suspect_ is set and every later lock()/lock_shared()
 //     returns owner_died until a writer repairs the data and calls
 //     mark_consistent() — never silently reused.
-//   * a reader process dies holding read locks: a draining writer zeroes its
+//   * a reader process dies holding read locks: a draining writer drops its
 //     slot after one slice (pid + start-time liveness check).
 //   * a thread exits holding a read lock while its process lives on: the lock
 //     stays held until the process exits (slots are per process).
-//   * any death between two steps above leaves either a count the writer's
-//     liveness check removes, or a writer_ the kernel releases.
-// The reader slot table holds kReaderSlots processes at once; a reader that
-// finds no slot (all held by live processes) waits for one like a timeout.
+// The slot table holds kReaderSlots processes *holding read locks* at once:
+// a claimant with no free slot takes a dead process's slot, or an idle slot
+// (count 0) of a live one, by CAS from the exact word it saw; the idle owner's
+// next R2 CAS fails, and it finds or claims another slot. A reader that finds
+// none (kReaderSlots live processes all holding read locks) sleeps a slice and
+// retries, within its deadline.
 #pragma once
 
 #include <atomic>
@@ -85,20 +99,22 @@ class alignas(64) SharedMutex {
   static constexpr std::uint64_t kForever = ~std::uint64_t{0};
   static constexpr std::uint32_t kWriter = 1;
   struct alignas(64) ReaderSlot {
-    std::atomic<std::uint32_t> pid{0};    // 0 = free
-    std::atomic<std::uint32_t> count{0};  // futex word for draining writers
-    std::atomic<std::uint64_t> token{0};
+    std::atomic<std::uint64_t> word{0};   // owner << 32 | count
+    std::atomic<std::uint64_t> token{0};  // owner's identity token
   };
   LockResult lock_until_ns(std::uint64_t deadline_ns) noexcept;
   LockResult lock_shared_until_ns(std::uint64_t deadline_ns) noexcept;
-  ReaderSlot* my_slot(bool claim) noexcept;
+  ReaderSlot* my_slot() noexcept;
+  bool reclaim_if_dead(ReaderSlot& slot, std::uint64_t observed) noexcept;
   void abandon_write() noexcept;
   bool probe_dead_writer() noexcept;
+  void reader_released() noexcept;
 
   Mutex writer_;
   alignas(64) std::atomic<std::uint32_t> state_{0};
   std::atomic<std::uint32_t> suspect_{0};
   std::atomic<std::uint32_t> sleepers_{0};  // readers asleep on state_ (hint)
+  std::atomic<std::uint32_t> drain_seq_{0};
   ReaderSlot readers_[kReaderSlots];
 };
 
