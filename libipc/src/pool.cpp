@@ -1,0 +1,920 @@
+#include "ipc/pool.hpp"
+
+#include <sys/random.h>
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+#include "ipc/detail/process.hpp"
+#include "ipc/error.hpp"
+#include "ipc/log.hpp"
+
+namespace ipc {
+namespace {
+
+constexpr std::uint64_t kPoolMagic = 0x314c4f4f50435049ull;  // "IPCPOOL1"
+constexpr std::uint32_t kPoolLayoutVersion = 1;
+constexpr std::size_t kLine = 64;
+constexpr std::uint32_t kCachedBit = 0x80000000u;
+constexpr std::uint32_t kPublishEvery = 64;
+
+std::size_t align_up(std::size_t v, std::size_t a) { return (v + a - 1) / a * a; }
+std::uint32_t owner_of(std::uint64_t state) { return static_cast<std::uint32_t>(state >> 32); }
+std::uint32_t gen_of(std::uint64_t state) { return static_cast<std::uint32_t>(state); }
+std::uint64_t make_state(std::uint32_t owner, std::uint32_t gen) { return std::uint64_t{owner} << 32 | gen; }
+
+}  // namespace
+
+// ---- shared layout ------------------------------------------------------------
+
+struct PoolHeader {
+  std::uint64_t magic;
+  std::uint32_t layout_version;
+  std::uint32_t pool_id;
+  std::uint32_t class_count;
+  std::uint32_t buffers_per_class;
+  std::uint32_t cache_per_class;
+  std::uint32_t policy;
+  std::uint64_t wait_timeout_ns;
+  std::uint64_t budget_bytes;
+  std::uint64_t client_budget_bytes;
+  std::uint64_t capacity_bytes;
+  std::uint64_t total_bytes;
+  std::uint64_t class_offset;
+  std::uint64_t client_offset;
+  alignas(kLine) std::atomic<std::uint64_t> claimed_bytes;
+  std::atomic<std::uint32_t> pressure;
+  alignas(kLine) std::atomic<std::uint32_t> alloc_waiters;  // allocators about to sleep on `freed`
+  alignas(kLine) Event freed;
+};
+
+struct PoolClass {
+  std::uint64_t buffer_size;
+  std::uint64_t stride;
+  std::uint32_t count;
+  std::uint32_t reserve;
+  std::uint64_t desc_offset;
+  std::uint64_t bitmap_offset;
+  std::uint64_t data_offset;
+  alignas(kLine) std::atomic<std::uint32_t> claimed;  // admissions (A1); == owned descriptors at rest
+  std::atomic<std::uint32_t> peak;
+  alignas(kLine) std::atomic<std::uint64_t> allocs;
+  std::atomic<std::uint64_t> frees;
+  std::atomic<std::uint64_t> failures;
+  std::atomic<std::int64_t> cached;
+};
+
+struct alignas(kLine) PoolClient {
+  std::atomic<std::uint32_t> pid;  // 0 = free
+  std::uint32_t pad;
+  std::atomic<std::uint64_t> token;
+  std::atomic<std::uint64_t> bytes;                           // admitted bytes
+  std::atomic<std::uint32_t> admitted[BufferPool::kMaxClasses];  // A1 admissions per class, not yet freed
+};
+static_assert(sizeof(PoolClient) == 192);
+
+struct PoolDescriptor {
+  std::atomic<std::uint64_t> state;  // owner pid << 32 | generation; owner 0 = free
+  std::atomic<std::uint32_t> holders[BufferPool::kMaxHolders];
+  std::atomic<std::uint32_t> meta;  // kCachedBit | requested bytes (31 bits)
+  std::uint32_t pad[3];
+};
+static_assert(sizeof(PoolDescriptor) == 64, "one descriptor per cache line");
+
+// ---- the handle's state ----------------------------------------------------------
+
+struct BufferPool::State {
+  Segment* segment = nullptr;
+  std::byte* base = nullptr;
+  PoolHeader* header = nullptr;
+  PoolClass* classes = nullptr;
+  PoolClient* clients = nullptr;
+  std::uint32_t pid = 0;
+  int client = -1;
+  std::vector<std::vector<std::uint32_t>> caches;
+  std::vector<std::uint32_t> cursor;  // per class: where the bitmap search starts
+  struct Pending {
+    std::uint64_t allocs = 0, frees = 0, failures = 0;
+    std::int64_t cached = 0;
+  };
+  std::vector<Pending> pending;
+  std::uint32_t ops = 0;
+  PressureLevel seen = PressureLevel::none;
+  std::vector<std::pair<int, PressureHandler>> handlers;
+
+  PoolClass& cls(std::uint32_t c) const { return classes[c]; }
+  PoolDescriptor* desc(std::uint32_t c, std::uint32_t i) const {
+    return reinterpret_cast<PoolDescriptor*>(base + classes[c].desc_offset) + i;
+  }
+  std::atomic<std::uint64_t>* bitmap(std::uint32_t c) const {
+    return reinterpret_cast<std::atomic<std::uint64_t>*>(base + classes[c].bitmap_offset);
+  }
+  std::byte* data(std::uint32_t c, std::uint32_t i) const {
+    return base + classes[c].data_offset + std::uint64_t{i} * classes[c].stride;
+  }
+
+  void ensure_process() noexcept;
+  int find_client(std::uint32_t pid) const noexcept;
+  int client_slot() noexcept;
+  AllocStatus admit(std::uint32_t c, Priority priority) noexcept;
+  void unadmit(std::uint32_t c, std::uint32_t owner_pid, int owner_slot) noexcept;
+  bool claim_descriptor(std::uint32_t c, std::uint32_t* index) noexcept;
+  AllocStatus claim_shared(std::uint32_t c, Priority priority, std::uint32_t* index) noexcept;
+  void free_shared(std::uint32_t c, std::uint32_t i, std::uint64_t state) noexcept;
+  void release_unreferenced(std::uint32_t c, std::uint32_t i) noexcept;
+  PoolDescriptor* check(const BufferHandle& h, HandleStatus* status) const noexcept;
+  HandleStatus release(const BufferHandle& h, std::uint32_t holder) noexcept;
+  void count_op(std::uint32_t c, bool alloc, bool failed) noexcept;
+  void publish() noexcept;
+  void check_pressure() noexcept;
+  void flush() noexcept;
+  std::uint32_t reclaim(std::uint32_t pid) noexcept;
+};
+
+namespace {
+bool all_holders_zero(const PoolDescriptor* d) {
+  for (const auto& h : d->holders)
+    if (h.load(std::memory_order_acquire) != 0) return false;
+  return true;
+}
+}  // namespace
+
+const char* to_string(AllocStatus s) noexcept {
+  switch (s) {
+    case AllocStatus::ok: return "ok";
+    case AllocStatus::exhausted: return "exhausted";
+    case AllocStatus::too_large: return "too_large";
+    case AllocStatus::over_budget: return "over_budget";
+    case AllocStatus::timed_out: return "timed_out";
+    case AllocStatus::no_client_slot: return "no_client_slot";
+  }
+  return "unknown";
+}
+
+const char* to_string(PressureLevel l) noexcept {
+  switch (l) {
+    case PressureLevel::none: return "none";
+    case PressureLevel::low: return "low";
+    case PressureLevel::medium: return "medium";
+    case PressureLevel::high: return "high";
+    case PressureLevel::critical: return "critical";
+  }
+  return "unknown";
+}
+
+const char* BufferPool::to_string(HandleStatus s) noexcept {
+  switch (s) {
+    case HandleStatus::ok: return "ok";
+    case HandleStatus::foreign_pool: return "foreign_pool: the handle belongs to another pool";
+    case HandleStatus::bad_class: return "bad_class: size class out of range";
+    case HandleStatus::bad_index: return "bad_index: buffer index out of range";
+    case HandleStatus::stale: return "stale: the buffer was freed, reclaimed or reused (double free / use after free)";
+    case HandleStatus::not_held: return "not_held: this holder holds no reference to the buffer";
+    case HandleStatus::too_many_holders: return "too_many_holders: all holder slots of the buffer are in use";
+  }
+  return "unknown";
+}
+
+// ---- Buffer --------------------------------------------------------------------
+
+Buffer::Buffer(Buffer&& other) noexcept { *this = std::move(other); }
+
+Buffer& Buffer::operator=(Buffer&& other) noexcept {
+  if (this != &other) {
+    reset();
+    pool_ = std::exchange(other.pool_, nullptr);
+    handle_ = std::exchange(other.handle_, BufferHandle{});
+    data_ = std::exchange(other.data_, nullptr);
+    capacity_ = std::exchange(other.capacity_, 0);
+  }
+  return *this;
+}
+
+BufferHandle Buffer::detach() noexcept {
+  BufferHandle h = handle_;
+  pool_ = nullptr;
+  handle_ = {};
+  data_ = nullptr;
+  capacity_ = 0;
+  return h;
+}
+
+void Buffer::reset() noexcept {
+  if (pool_) static_cast<BufferPool::State*>(pool_)->release(handle_, 0);
+  detach();
+}
+
+// ---- creation ---------------------------------------------------------------------
+
+namespace {
+
+struct Layout {
+  std::size_t class_offset, client_offset, total;
+  std::vector<std::size_t> desc, bitmap, data, stride;
+  std::uint64_t capacity = 0;
+};
+
+Layout layout_of(const PoolConfig& cfg) {
+  Layout l;
+  std::size_t off = align_up(sizeof(PoolHeader), kLine);
+  l.class_offset = off;
+  off += align_up(sizeof(PoolClass) * cfg.class_sizes.size(), kLine);
+  l.client_offset = off;
+  off += align_up(sizeof(PoolClient) * BufferPool::kMaxClients, kLine);
+  for (std::size_t size : cfg.class_sizes) {
+    std::size_t stride = align_up(size, kLine);
+    l.stride.push_back(stride);
+    l.desc.push_back(off);
+    off += sizeof(PoolDescriptor) * cfg.buffers_per_class;
+    l.bitmap.push_back(off);
+    off += align_up((cfg.buffers_per_class + 63) / 64 * 8, kLine);
+    l.data.push_back(off);
+    off += stride * cfg.buffers_per_class;
+    l.capacity += std::uint64_t{stride} * cfg.buffers_per_class;
+  }
+  l.total = off;
+  return l;
+}
+
+void validate(const PoolConfig& cfg, std::string_view name) {
+  auto bad = [&](const std::string& why) {
+    throw Error(ErrorCode::invalid_argument, "pool '" + std::string(name) + "': " + why);
+  };
+  if (cfg.class_sizes.empty()) bad("class_sizes is empty; give at least one buffer size");
+  if (cfg.class_sizes.size() > BufferPool::kMaxClasses)
+    bad("at most " + std::to_string(BufferPool::kMaxClasses) + " size classes");
+  for (std::size_t i = 0; i < cfg.class_sizes.size(); ++i) {
+    if (cfg.class_sizes[i] == 0) bad("class size 0 is not allowed");
+    if (cfg.class_sizes[i] > (std::size_t{1} << 31) - 1) bad("class sizes must be < 2 GiB");
+    if (i && cfg.class_sizes[i] <= cfg.class_sizes[i - 1]) bad("class_sizes must be strictly ascending");
+  }
+  if (cfg.buffers_per_class == 0) bad("buffers_per_class must be > 0");
+  if (cfg.buffers_per_class > (1u << 24)) bad("buffers_per_class must be <= 16777216");
+  if (cfg.reserve_per_class >= cfg.buffers_per_class)
+    bad("reserve_per_class (" + std::to_string(cfg.reserve_per_class) + ") must be smaller than buffers_per_class (" +
+        std::to_string(cfg.buffers_per_class) + ")");
+  if (cfg.cache_per_class > 1024) bad("cache_per_class must be <= 1024");
+}
+
+}  // namespace
+
+std::size_t BufferPool::bytes_needed(const PoolConfig& config) {
+  validate(config, "?");
+  return layout_of(config).total;
+}
+
+BufferPool::BufferPool(std::unique_ptr<State> s) noexcept : s_(std::move(s)) {}
+BufferPool::BufferPool(BufferPool&& other) noexcept = default;
+BufferPool& BufferPool::operator=(BufferPool&& other) noexcept {
+  if (this != &other) {
+    if (s_) s_->flush();
+    s_ = std::move(other.s_);
+    name_ = std::move(other.name_);
+  }
+  return *this;
+}
+BufferPool::~BufferPool() {
+  if (s_) s_->flush();
+}
+
+namespace {
+std::unique_ptr<BufferPool::State> attach(Segment& segment, void* data) {
+  auto* h = static_cast<PoolHeader*>(data);
+  auto s = std::make_unique<BufferPool::State>();
+  s->segment = &segment;
+  s->base = static_cast<std::byte*>(data);
+  s->header = h;
+  s->classes = reinterpret_cast<PoolClass*>(s->base + h->class_offset);
+  s->clients = reinterpret_cast<PoolClient*>(s->base + h->client_offset);
+  s->caches.resize(h->class_count);
+  s->cursor.assign(h->class_count, 0);
+  s->pending.resize(h->class_count);
+  s->pid = detail::self_pid();
+  return s;
+}
+}  // namespace
+
+BufferPool BufferPool::create(Segment& segment, std::string_view name, const PoolConfig& config) {
+  validate(config, name);
+  Layout l = layout_of(config);
+  Object obj = segment.create_object(name, ObjectType::pool, l.total, [&](void* p, std::size_t) {
+    auto* base = static_cast<std::byte*>(p);
+    auto* h = new (p) PoolHeader{};
+    h->layout_version = kPoolLayoutVersion;
+    h->class_count = static_cast<std::uint32_t>(config.class_sizes.size());
+    h->buffers_per_class = config.buffers_per_class;
+    h->cache_per_class = config.cache_per_class;
+    h->policy = static_cast<std::uint32_t>(config.policy);
+    h->wait_timeout_ns = static_cast<std::uint64_t>(std::chrono::nanoseconds(config.wait_timeout).count());
+    h->budget_bytes = config.budget_bytes;
+    h->client_budget_bytes = config.client_budget_bytes;
+    h->capacity_bytes = l.capacity;
+    h->total_bytes = l.total;
+    h->class_offset = l.class_offset;
+    h->client_offset = l.client_offset;
+    for (std::size_t c = 0; c < config.class_sizes.size(); ++c) {
+      auto* pc = new (base + l.class_offset + c * sizeof(PoolClass)) PoolClass{};
+      pc->buffer_size = config.class_sizes[c];
+      pc->stride = l.stride[c];
+      pc->count = config.buffers_per_class;
+      pc->reserve = config.reserve_per_class;
+      pc->desc_offset = l.desc[c];
+      pc->bitmap_offset = l.bitmap[c];
+      pc->data_offset = l.data[c];
+      auto* bm = reinterpret_cast<std::atomic<std::uint64_t>*>(base + l.bitmap[c]);
+      for (std::uint32_t i = 0; i < config.buffers_per_class; ++i)
+        bm[i / 64].fetch_or(std::uint64_t{1} << (i % 64), std::memory_order_relaxed);
+    }
+    // A random id: handles of another pool (or an earlier pool of the same
+    // name) are refused as foreign. Never 0 (0 marks an empty handle).
+    std::uint32_t id = 0;
+    if (::getrandom(&id, sizeof id, 0) != sizeof id) id = static_cast<std::uint32_t>(detail::monotonic_ns());
+    h->pool_id = id | 1u;
+    // Published last: a zeroed magic means "not a pool (yet)".
+    h->magic = kPoolMagic;
+  });
+  BufferPool pool(attach(segment, obj.data));
+  pool.name_ = std::string(name);
+  return pool;
+}
+
+BufferPool BufferPool::open(Segment& segment, std::string_view name) {
+  Object obj = segment.open_object(name, ObjectType::pool);
+  auto* h = static_cast<PoolHeader*>(obj.data);
+  const std::string what = "pool '" + std::string(name) + "' in segment '" + segment.name() + "'";
+  if (obj.info.size < sizeof(PoolHeader) || h->magic != kPoolMagic)
+    throw Error(ErrorCode::bad_magic, what + " has no valid pool header (not initialised or corrupted)");
+  if (h->layout_version != kPoolLayoutVersion)
+    throw Error(ErrorCode::version_mismatch, what + " has pool layout version " + std::to_string(h->layout_version) +
+                                                 ", this libipc reads " + std::to_string(kPoolLayoutVersion));
+  if (h->total_bytes != obj.info.size || h->class_count == 0 || h->class_count > kMaxClasses ||
+      h->class_offset >= h->total_bytes || h->client_offset >= h->total_bytes)
+    throw Error(ErrorCode::corrupted, what + ": header fields are inconsistent; re-create the pool");
+  auto* classes = reinterpret_cast<PoolClass*>(static_cast<std::byte*>(obj.data) + h->class_offset);
+  for (std::uint32_t c = 0; c < h->class_count; ++c) {
+    const PoolClass& pc = classes[c];
+    if (pc.data_offset + pc.stride * pc.count > h->total_bytes || pc.desc_offset >= h->total_bytes ||
+        pc.bitmap_offset >= h->total_bytes)
+      throw Error(ErrorCode::corrupted, what + ": size class " + std::to_string(c) + " lies outside the pool object");
+  }
+  BufferPool pool(attach(segment, obj.data));
+  pool.name_ = std::string(name);
+  return pool;
+}
+
+// ---- clients ------------------------------------------------------------------------
+
+void BufferPool::State::ensure_process() noexcept {
+  std::uint32_t me = detail::self_pid();
+  if (me == pid) return;
+  // A fork child using its parent's handle: the cached buffers are the
+  // parent's. Forget them (the parent still owns them) and start afresh.
+  for (auto& c : caches) c.clear();
+  pending.assign(pending.size(), Pending{});
+  client = -1;
+  pid = me;
+}
+
+int BufferPool::State::find_client(std::uint32_t p) const noexcept {
+  for (int i = 0; i < kMaxClients; ++i)
+    if (clients[i].pid.load(std::memory_order_acquire) == p) return i;
+  return -1;
+}
+
+int BufferPool::State::client_slot() noexcept {
+  if (client >= 0) return client;
+  const std::uint64_t token = detail::self_token();
+  int i = find_client(pid);
+  if (i >= 0) {
+    if (clients[i].token.load(std::memory_order_relaxed) == token) return client = i;
+    reclaim(pid);  // a dead predecessor with my pid: give its buffers back first
+  }
+  for (int pass = 0; pass < 2; ++pass) {
+    for (i = 0; i < kMaxClients; ++i) {
+      std::uint32_t p = clients[i].pid.load(std::memory_order_acquire);
+      if (p != 0 && pass == 1 &&
+          detail::process_liveness(static_cast<pid_t>(p), clients[i].token.load(std::memory_order_relaxed)) ==
+              detail::Liveness::dead) {
+        reclaim(p);
+        p = clients[i].pid.load(std::memory_order_acquire);
+      }
+      if (p != 0) continue;
+      if (clients[i].pid.compare_exchange_strong(p, pid, std::memory_order_acq_rel)) {
+        clients[i].token.store(token, std::memory_order_relaxed);
+        clients[i].bytes.store(0, std::memory_order_relaxed);
+        for (auto& a : clients[i].admitted) a.store(0, std::memory_order_relaxed);
+        return client = i;
+      }
+    }
+  }
+  return -1;
+}
+
+// ---- claim and free ---------------------------------------------------------------------
+
+AllocStatus BufferPool::State::admit(std::uint32_t c, Priority priority) noexcept {
+  PoolClass& pc = cls(c);
+  int slot = client_slot();
+  if (slot < 0) return AllocStatus::no_client_slot;
+  const std::uint32_t limit = pc.count - (priority == Priority::normal ? pc.reserve : 0);
+  std::uint32_t n = pc.claimed.fetch_add(1, std::memory_order_acq_rel) + 1;  // A1
+  std::uint64_t b = header->claimed_bytes.fetch_add(pc.stride, std::memory_order_acq_rel) + pc.stride;
+  std::uint64_t cb = clients[slot].bytes.fetch_add(pc.stride, std::memory_order_relaxed) + pc.stride;
+  clients[slot].admitted[c].fetch_add(1, std::memory_order_relaxed);
+  AllocStatus st = AllocStatus::ok;
+  if (n > limit)
+    st = AllocStatus::exhausted;
+  else if ((header->budget_bytes && b > header->budget_bytes) ||
+           (header->client_budget_bytes && cb > header->client_budget_bytes))
+    st = AllocStatus::over_budget;
+  if (st != AllocStatus::ok) {
+    unadmit(c, pid, slot);
+    return st;
+  }
+  std::uint32_t peak = pc.peak.load(std::memory_order_relaxed);
+  while (n > peak && !pc.peak.compare_exchange_weak(peak, n, std::memory_order_relaxed)) {
+  }
+  return st;
+}
+
+void BufferPool::State::unadmit(std::uint32_t c, std::uint32_t owner_pid, int owner_slot) noexcept {
+  PoolClass& pc = cls(c);
+  pc.claimed.fetch_sub(1, std::memory_order_acq_rel);
+  header->claimed_bytes.fetch_sub(pc.stride, std::memory_order_acq_rel);
+  if (owner_slot < 0) owner_slot = find_client(owner_pid);
+  if (owner_slot >= 0) {
+    clients[owner_slot].bytes.fetch_sub(pc.stride, std::memory_order_relaxed);
+    clients[owner_slot].admitted[c].fetch_sub(1, std::memory_order_relaxed);
+  }
+}
+
+bool BufferPool::State::claim_descriptor(std::uint32_t c, std::uint32_t* index) noexcept {
+  PoolClass& pc = cls(c);
+  std::atomic<std::uint64_t>* bm = bitmap(c);
+  const std::uint32_t words = (pc.count + 63) / 64;
+  auto try_claim = [&](std::uint32_t i) {
+    PoolDescriptor* d = desc(c, i);
+    std::uint64_t st = d->state.load(std::memory_order_acquire);
+    if (owner_of(st) != 0) return false;
+    return d->state.compare_exchange_strong(st, make_state(pid, gen_of(st) + 1), std::memory_order_acq_rel);  // A2
+  };
+  // Fast: the hint bitmap, starting where this handle last found one.
+  for (std::uint32_t k = 0; k < words; ++k) {
+    std::uint32_t w = (cursor[c] + k) % words;
+    std::uint64_t bits = bm[w].load(std::memory_order_acquire);
+    while (bits) {
+      std::uint32_t b = static_cast<std::uint32_t>(__builtin_ctzll(bits));
+      bits &= bits - 1;
+      std::uint32_t i = w * 64 + b;
+      if (i >= pc.count) break;
+      bool got = try_claim(i);
+      bm[w].fetch_and(~(std::uint64_t{1} << b), std::memory_order_acq_rel);  // claimed, or a stale hint
+      if (got) {
+        cursor[c] = w;
+        *index = i;
+        return true;
+      }
+    }
+  }
+  // Slow: the descriptors decide (finds buffers whose hint bit was lost).
+  for (int pass = 0; pass < 3; ++pass)
+    for (std::uint32_t i = 0; i < pc.count; ++i)
+      if (try_claim(i)) {
+        *index = i;
+        return true;
+      }
+  return false;
+}
+
+AllocStatus BufferPool::State::claim_shared(std::uint32_t c, Priority priority, std::uint32_t* index) noexcept {
+  AllocStatus st = admit(c, priority);
+  if (st != AllocStatus::ok) return st;
+  if (!claim_descriptor(c, index)) {
+    unadmit(c, pid, client);
+    return AllocStatus::exhausted;
+  }
+  check_pressure();
+  return AllocStatus::ok;
+}
+
+void BufferPool::State::free_shared(std::uint32_t c, std::uint32_t i, std::uint64_t state) noexcept {
+  PoolDescriptor* d = desc(c, i);
+  d->meta.store(0, std::memory_order_relaxed);
+  if (!d->state.compare_exchange_strong(state, make_state(0, gen_of(state)), std::memory_order_acq_rel))  // F1
+    return;  // somebody else freed or cached it
+  bitmap(c)[i / 64].fetch_or(std::uint64_t{1} << (i % 64), std::memory_order_acq_rel);  // F2
+  const std::uint32_t owner = owner_of(state);
+  unadmit(c, owner, owner == pid ? client : -1);                                          // F3
+  // F4: SYNC POINT with the waiter's alloc_waiters++ before its re-check.
+  if (header->alloc_waiters.load(std::memory_order_seq_cst) != 0) header->freed.notify();
+  check_pressure();
+}
+
+void BufferPool::State::release_unreferenced(std::uint32_t c, std::uint32_t i) noexcept {
+  PoolDescriptor* d = desc(c, i);
+  std::uint64_t st = d->state.load(std::memory_order_acquire);
+  if (owner_of(st) == 0) return;
+  PoolClass& pc = cls(c);
+  auto& cache = caches[c];
+  // Keep it in this handle's cache only while the class is less than half
+  // used: cached buffers must not starve other processes.
+  if (owner_of(st) == pid && cache.size() < header->cache_per_class &&
+      pc.claimed.load(std::memory_order_relaxed) * 2 < pc.count) {
+    if (d->state.compare_exchange_strong(st, make_state(pid, gen_of(st) + 1), std::memory_order_acq_rel)) {
+      d->meta.store(kCachedBit, std::memory_order_relaxed);
+      cache.push_back(i);
+      ++pending[c].cached;
+    }
+    return;
+  }
+  free_shared(c, i, st);
+}
+
+// ---- allocate -------------------------------------------------------------------------------
+
+void BufferPool::State::count_op(std::uint32_t c, bool alloc, bool failed) noexcept {
+  Pending& p = pending[c];
+  if (failed)
+    ++p.failures;
+  else if (alloc)
+    ++p.allocs;
+  else
+    ++p.frees;
+  if (++ops >= kPublishEvery) publish();
+}
+
+void BufferPool::State::publish() noexcept {
+  ops = 0;
+  for (std::uint32_t c = 0; c < pending.size(); ++c) {
+    Pending& p = pending[c];
+    PoolClass& pc = cls(c);
+    if (p.allocs) pc.allocs.fetch_add(p.allocs, std::memory_order_relaxed);
+    if (p.frees) pc.frees.fetch_add(p.frees, std::memory_order_relaxed);
+    if (p.failures) pc.failures.fetch_add(p.failures, std::memory_order_relaxed);
+    if (p.cached) pc.cached.fetch_add(p.cached, std::memory_order_relaxed);
+    p = Pending{};
+  }
+}
+
+Allocation BufferPool::allocate(std::size_t size, Priority priority) noexcept {
+  const std::uint64_t deadline = s_->header->policy == static_cast<std::uint32_t>(ExhaustionPolicy::wait)
+                                     ? detail::monotonic_ns() + s_->header->wait_timeout_ns
+                                     : 0;
+  return allocate_impl(size, priority, deadline);
+}
+
+Allocation BufferPool::allocate_for(std::size_t size, std::chrono::nanoseconds timeout, Priority priority) noexcept {
+  return allocate_impl(size, priority, detail::deadline_ns(std::chrono::steady_clock::now() + timeout));
+}
+
+Allocation BufferPool::allocate_impl(std::size_t size, Priority priority, std::uint64_t deadline_ns) noexcept {
+  State& s = *s_;
+  s.ensure_process();
+  const std::uint32_t classes = s.header->class_count;
+  std::uint32_t c = 0;
+  while (c < classes && s.classes[c].buffer_size < size) ++c;
+  Allocation out;
+  if (c == classes) {
+    out.status = AllocStatus::too_large;
+    return out;
+  }
+  std::uint32_t index = 0;
+  auto& cache = s.caches[c];
+  if (!cache.empty()) {  // the cache: only this buffer's own line is touched
+    index = cache.back();
+    cache.pop_back();
+    --s.pending[c].cached;
+  } else {
+    AllocStatus st = s.claim_shared(c, priority, &index);
+    if (st == AllocStatus::exhausted && deadline_ns != 0) {
+      // Wait for a free. SYNC POINT: alloc_waiters++ before the re-check;
+      // free_shared() loads it after freeing (F4).
+      s.header->alloc_waiters.fetch_add(1, std::memory_order_seq_cst);
+      const auto deadline = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
+      for (;;) {
+        std::uint32_t seen = s.header->freed.value();
+        st = s.claim_shared(c, priority, &index);
+        if (st != AllocStatus::exhausted) break;
+        if (detail::monotonic_ns() >= deadline_ns) {
+          st = AllocStatus::timed_out;
+          break;
+        }
+        s.header->freed.wait_until(seen, deadline);  // a free, or the deadline; the loop re-checks
+      }
+      s.header->alloc_waiters.fetch_sub(1, std::memory_order_relaxed);
+    }
+    if (st != AllocStatus::ok) {
+      s.count_op(c, true, true);
+      out.status = st;
+      return out;
+    }
+  }
+  PoolDescriptor* d = s.desc(c, index);
+  d->holders[0].store(s.pid, std::memory_order_relaxed);  // A3
+  d->meta.store(static_cast<std::uint32_t>(std::min<std::size_t>(size, 0x7fffffff)), std::memory_order_relaxed);
+  std::uint64_t st = d->state.load(std::memory_order_relaxed);
+  s.count_op(c, true, false);
+  BufferHandle h{s.header->pool_id, static_cast<std::uint16_t>(c), 0, index, gen_of(st)};
+  out.buffer = Buffer(&s, h, s.data(c, index), s.classes[c].buffer_size);
+  return out;
+}
+
+// ---- handles ------------------------------------------------------------------------------------
+
+PoolDescriptor* BufferPool::State::check(const BufferHandle& h, HandleStatus* status) const noexcept {
+  auto fail = [&](HandleStatus st) -> PoolDescriptor* {
+    if (status) *status = st;
+    return nullptr;
+  };
+  if (h.pool_id != header->pool_id) return fail(HandleStatus::foreign_pool);
+  if (h.size_class >= header->class_count) return fail(HandleStatus::bad_class);
+  if (h.index >= classes[h.size_class].count) return fail(HandleStatus::bad_index);
+  PoolDescriptor* d = desc(h.size_class, h.index);
+  std::uint64_t st = d->state.load(std::memory_order_acquire);
+  if (owner_of(st) == 0 || gen_of(st) != h.generation || (d->meta.load(std::memory_order_relaxed) & kCachedBit))
+    return fail(HandleStatus::stale);
+  if (status) *status = HandleStatus::ok;
+  return d;
+}
+
+std::byte* BufferPool::resolve(const BufferHandle& h, HandleStatus* status) const noexcept {
+  return s_->check(h, status) ? s_->data(h.size_class, h.index) : nullptr;
+}
+
+BufferPool::HandleStatus BufferPool::retain(const BufferHandle& h, std::uint32_t holder) noexcept {
+  State& s = *s_;
+  s.ensure_process();
+  HandleStatus st;
+  PoolDescriptor* d = s.check(h, &st);
+  if (!d) return st;
+  if (holder == 0) {
+    if (s.client_slot() < 0) return HandleStatus::too_many_holders;
+    holder = s.pid;
+  }
+  for (auto& slot : d->holders) {
+    std::uint32_t zero = 0;
+    if (slot.load(std::memory_order_relaxed) == 0 && slot.compare_exchange_strong(zero, holder, std::memory_order_acq_rel))
+      return HandleStatus::ok;
+  }
+  return HandleStatus::too_many_holders;
+}
+
+BufferPool::HandleStatus BufferPool::State::release(const BufferHandle& h, std::uint32_t holder) noexcept {
+  ensure_process();
+  HandleStatus st;
+  PoolDescriptor* d = check(h, &st);
+  if (!d) return st;
+  if (holder == 0) holder = pid;
+  bool dropped = false;
+  for (auto& slot : d->holders) {
+    std::uint32_t expected = holder;
+    if (slot.load(std::memory_order_relaxed) == holder &&
+        slot.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
+      dropped = true;
+      break;
+    }
+  }
+  if (!dropped) return HandleStatus::not_held;
+  if (all_holders_zero(d)) {
+    release_unreferenced(h.size_class, h.index);
+    count_op(h.size_class, false, false);
+  }
+  return HandleStatus::ok;
+}
+
+BufferPool::HandleStatus BufferPool::release(const BufferHandle& h, std::uint32_t holder) noexcept {
+  return s_->release(h, holder);
+}
+
+BufferPool::HandleStatus BufferPool::transfer(const BufferHandle& h, std::uint32_t from, std::uint32_t to) noexcept {
+  HandleStatus st;
+  PoolDescriptor* d = s_->check(h, &st);
+  if (!d) return st;
+  if (from == 0 || to == 0) return HandleStatus::not_held;
+  for (auto& slot : d->holders) {
+    std::uint32_t expected = from;
+    if (slot.load(std::memory_order_relaxed) == from && slot.compare_exchange_strong(expected, to, std::memory_order_acq_rel))
+      return HandleStatus::ok;
+  }
+  return HandleStatus::not_held;
+}
+
+std::optional<Buffer> BufferPool::adopt(const BufferHandle& h, std::uint32_t from_holder, HandleStatus* status) noexcept {
+  State& s = *s_;
+  s.ensure_process();
+  HandleStatus st = s.client_slot() < 0 ? HandleStatus::too_many_holders : transfer(h, from_holder, s.pid);
+  if (status) *status = st;
+  if (st != HandleStatus::ok) return std::nullopt;
+  return Buffer(&s, h, s.data(h.size_class, h.index), s.classes[h.size_class].buffer_size);
+}
+
+std::uint32_t BufferPool::holders(const BufferHandle& h) const noexcept {
+  PoolDescriptor* d = s_->check(h, nullptr);
+  if (!d) return 0;
+  std::uint32_t n = 0;
+  for (const auto& slot : d->holders) n += slot.load(std::memory_order_relaxed) != 0;
+  return n;
+}
+
+// ---- reclaim ----------------------------------------------------------------------------------------
+
+std::uint32_t BufferPool::State::reclaim(std::uint32_t dead) noexcept {
+  if (dead == 0) return 0;
+  const int dead_slot = find_client(dead);
+  std::uint32_t freed = 0;
+  std::uint32_t still_held[kMaxClasses] = {};  // buffers the dead pid owns that others still hold
+  for (std::uint32_t c = 0; c < header->class_count; ++c) {
+    for (std::uint32_t i = 0; i < classes[c].count; ++i) {
+      PoolDescriptor* d = desc(c, i);
+      bool removed = false;
+      for (auto& slot : d->holders) {
+        std::uint32_t expected = dead;
+        if (slot.load(std::memory_order_relaxed) == dead)
+          removed |= slot.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+      }
+      std::uint64_t st = d->state.load(std::memory_order_acquire);
+      const std::uint32_t owner = owner_of(st);
+      if (owner == 0) continue;
+      // Free when the dead pid owned it and nobody else holds it, or when it
+      // held the last reference. (A buffer with no holders whose owner is
+      // alive is between A2 and A3 of an allocation: leave it alone.)
+      if ((owner == dead || removed) && all_holders_zero(d)) {
+        d->meta.store(0, std::memory_order_relaxed);
+        if (d->state.compare_exchange_strong(st, make_state(0, gen_of(st)), std::memory_order_acq_rel)) {
+          bitmap(c)[i / 64].fetch_or(std::uint64_t{1} << (i % 64), std::memory_order_acq_rel);
+          unadmit(c, owner, owner == dead ? dead_slot : -1);
+          ++freed;
+          continue;
+        }
+        st = d->state.load(std::memory_order_acquire);
+      }
+      if (owner_of(st) == dead) ++still_held[c];
+    }
+  }
+  // Admissions the dead client made that own no buffer any more: those that
+  // died between A1 and A2. Subtract them, class by class, then free its slot.
+  // (Buffers it owns that others still hold stay counted until released.)
+  if (dead_slot >= 0) {
+    PoolClient& cl = clients[dead_slot];
+    for (std::uint32_t c = 0; c < header->class_count; ++c) {
+      std::uint32_t admitted = cl.admitted[c].load(std::memory_order_relaxed);
+      if (admitted <= still_held[c]) continue;
+      std::uint32_t leaked = admitted - still_held[c];
+      classes[c].claimed.fetch_sub(leaked, std::memory_order_acq_rel);
+      header->claimed_bytes.fetch_sub(std::uint64_t{leaked} * classes[c].stride, std::memory_order_acq_rel);
+    }
+    for (auto& a : cl.admitted) a.store(0, std::memory_order_relaxed);
+    cl.bytes.store(0, std::memory_order_relaxed);
+    cl.token.store(0, std::memory_order_relaxed);
+    cl.pid.store(0, std::memory_order_release);
+  }
+  if (freed) header->freed.notify();
+  return freed;
+}
+
+std::uint32_t BufferPool::reclaim(std::uint32_t pid) noexcept { return s_->reclaim(pid); }
+
+std::uint32_t BufferPool::reclaim_dead() noexcept {
+  State& s = *s_;
+  std::uint32_t total = 0;
+  for (int i = 0; i < kMaxClients; ++i) {
+    std::uint32_t p = s.clients[i].pid.load(std::memory_order_acquire);
+    if (p == 0) continue;
+    if (detail::process_liveness(static_cast<pid_t>(p), s.clients[i].token.load(std::memory_order_relaxed)) ==
+        detail::Liveness::dead)
+      total += s.reclaim(p);
+  }
+  return total;
+}
+
+std::vector<BufferHandle> BufferPool::held_by(std::uint32_t pid) const {
+  State& s = *s_;
+  std::vector<BufferHandle> out;
+  for (std::uint32_t c = 0; c < s.header->class_count; ++c)
+    for (std::uint32_t i = 0; i < s.classes[c].count; ++i) {
+      PoolDescriptor* d = s.desc(c, i);
+      std::uint64_t st = d->state.load(std::memory_order_acquire);
+      if (owner_of(st) == 0) continue;
+      bool held = owner_of(st) == pid;
+      for (const auto& slot : d->holders) held |= slot.load(std::memory_order_relaxed) == pid;
+      if (held) out.push_back(BufferHandle{s.header->pool_id, static_cast<std::uint16_t>(c), 0, i, gen_of(st)});
+    }
+  return out;
+}
+
+// ---- pressure, stats ---------------------------------------------------------------------------------
+
+PressureLevel BufferPool::pressure() const noexcept {
+  const PoolHeader* h = s_->header;
+  double cap = static_cast<double>(h->budget_bytes ? h->budget_bytes : h->capacity_bytes);
+  double used = static_cast<double>(h->claimed_bytes.load(std::memory_order_relaxed));
+  double u = cap > 0 ? used / cap : 0;
+  PressureLevel l = PressureLevel::none;
+  for (int i = 0; i < 4; ++i)
+    if (u >= kPressureThresholds[i]) l = static_cast<PressureLevel>(i + 1);
+  return l;
+}
+
+void BufferPool::State::check_pressure() noexcept {
+  if (handlers.empty()) return;
+  const PoolHeader* h = header;
+  double cap = static_cast<double>(h->budget_bytes ? h->budget_bytes : h->capacity_bytes);
+  double u = cap > 0 ? static_cast<double>(h->claimed_bytes.load(std::memory_order_relaxed)) / cap : 0;
+  PressureLevel now = PressureLevel::none;
+  for (int i = 0; i < 4; ++i)
+    if (u >= kPressureThresholds[i]) now = static_cast<PressureLevel>(i + 1);
+  if (now == seen) return;
+  PressureLevel before = seen;
+  seen = now;
+  header->pressure.store(static_cast<std::uint32_t>(now), std::memory_order_relaxed);
+  for (auto& [prio, fn] : handlers) {
+    try {
+      fn(now, before);
+    } catch (const std::exception& e) {
+      log::error("pool pressure handler (priority {}) threw: {}", prio, e.what());
+    } catch (...) {
+      log::error("pool pressure handler (priority {}) threw", prio);
+    }
+  }
+}
+
+void BufferPool::on_pressure(int priority, PressureHandler handler) {
+  if (!handler) throw Error(ErrorCode::invalid_argument, "pool '" + name_ + "': on_pressure needs a handler");
+  auto& hs = s_->handlers;
+  hs.emplace_back(priority, std::move(handler));
+  std::stable_sort(hs.begin(), hs.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  if (hs.size() == 1) s_->seen = pressure();
+}
+
+PoolStats BufferPool::stats() const {
+  State& s = *s_;
+  PoolStats out;
+  out.name = name_;
+  out.pool_id = s.header->pool_id;
+  out.capacity_bytes = s.header->capacity_bytes;
+  out.claimed_bytes = s.header->claimed_bytes.load(std::memory_order_relaxed);
+  out.pressure = pressure();
+  std::uint64_t requested = 0, owned_bytes = 0;
+  for (std::uint32_t c = 0; c < s.header->class_count; ++c) {
+    PoolClass& pc = s.classes[c];
+    ClassStats cs;
+    cs.buffer_size = pc.buffer_size;
+    cs.capacity = pc.count;
+    cs.reserve = pc.reserve;
+    cs.peak = pc.peak.load(std::memory_order_relaxed);
+    cs.allocs = pc.allocs.load(std::memory_order_relaxed);
+    cs.frees = pc.frees.load(std::memory_order_relaxed);
+    cs.failures = pc.failures.load(std::memory_order_relaxed);
+    for (std::uint32_t i = 0; i < pc.count; ++i) {
+      PoolDescriptor* d = s.desc(c, i);
+      if (owner_of(d->state.load(std::memory_order_relaxed)) == 0) continue;
+      ++cs.in_use;
+      std::uint32_t meta = d->meta.load(std::memory_order_relaxed);
+      if (meta & kCachedBit) {
+        ++cs.cached;
+      } else {
+        requested += meta;
+        owned_bytes += pc.stride;
+      }
+    }
+    out.classes.push_back(cs);
+  }
+  out.fragmentation = owned_bytes ? 1.0 - static_cast<double>(requested) / static_cast<double>(owned_bytes) : 0.0;
+  for (int i = 0; i < kMaxClients; ++i) {
+    std::uint32_t p = s.clients[i].pid.load(std::memory_order_acquire);
+    if (p == 0) continue;
+    ClientStats cl;
+    cl.pid = p;
+    for (const auto& a : s.clients[i].admitted) cl.buffers += a.load(std::memory_order_relaxed);
+    cl.bytes = s.clients[i].bytes.load(std::memory_order_relaxed);
+    cl.alive = detail::process_liveness(static_cast<pid_t>(p), s.clients[i].token.load(std::memory_order_relaxed)) !=
+               detail::Liveness::dead;
+    out.clients.push_back(cl);
+  }
+  return out;
+}
+
+void BufferPool::State::flush() noexcept {
+  if (detail::self_pid() != pid) return;  // a fork child: the caches are the parent's
+  for (std::uint32_t c = 0; c < caches.size(); ++c) {
+    for (std::uint32_t i : caches[c]) {
+      PoolDescriptor* d = desc(c, i);
+      std::uint64_t st = d->state.load(std::memory_order_acquire);
+      if (owner_of(st) == pid) free_shared(c, i, st);
+      --pending[c].cached;
+    }
+    caches[c].clear();
+  }
+  publish();
+}
+
+void BufferPool::flush() noexcept { s_->flush(); }
+
+std::uint32_t BufferPool::pool_id() const noexcept { return s_->header->pool_id; }
+std::size_t BufferPool::class_count() const noexcept { return s_->header->class_count; }
+std::size_t BufferPool::class_size(std::size_t c) const noexcept {
+  return c < s_->header->class_count ? s_->classes[c].buffer_size : 0;
+}
+
+}  // namespace ipc
