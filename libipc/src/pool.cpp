@@ -6,9 +6,12 @@
 #include <cstring>
 #include <new>
 
+#include <sys/stat.h>
+
 #include "ipc/detail/process.hpp"
 #include "ipc/error.hpp"
 #include "ipc/log.hpp"
+#include "ipc/mutex.hpp"
 
 namespace ipc {
 namespace {
@@ -43,11 +46,23 @@ struct PoolHeader {
   std::uint64_t total_bytes;
   std::uint64_t class_offset;
   std::uint64_t client_offset;
-  alignas(kLine) std::atomic<std::uint64_t> claimed_bytes;
+  std::uint32_t max_extensions;
+  std::uint32_t extension_index;  // 0 in the base pool; i in extension i
+  std::uint64_t shrink_delay_ns;
+  alignas(kLine) std::atomic<std::uint64_t> claimed_bytes;  // base pool: bytes admitted in all parts
   std::atomic<std::uint32_t> pressure;
   alignas(kLine) std::atomic<std::uint32_t> alloc_waiters;  // allocators about to sleep on `freed`
   alignas(kLine) Event freed;
+  // Growth (base pool only; see pool.hpp "Growth").
+  Mutex ext_lock;
+  struct Extension {
+    std::atomic<std::uint32_t> state;  // kExtNone / kExtCreating / kExtActive / kExtRetiring
+    std::uint32_t creator;
+    std::atomic<std::uint64_t> generation;  // of the extension segment
+    std::atomic<std::uint64_t> empty_since_ns;
+  } ext[BufferPool::kMaxExtensions + 1];  // entry 0 unused
 };
+enum : std::uint32_t { kExtNone = 0, kExtCreating = 1, kExtActive = 2, kExtRetiring = 3 };
 
 struct PoolClass {
   std::uint64_t buffer_size;
@@ -86,6 +101,15 @@ static_assert(sizeof(PoolDescriptor) == 64, "one descriptor per cache line");
 
 struct BufferPool::State {
   Segment* segment = nullptr;
+  State* root = this;               // the base pool's state (budgets, waiters, extension table)
+  std::uint16_t ext_index = 0;      // which part of the pool this is
+  struct Ext {
+    Segment segment;
+    std::unique_ptr<State> part;
+    std::uint64_t generation = 0;
+  };
+  std::vector<std::unique_ptr<Ext>> exts;  // base only: index i = extension i (0 unused)
+  PoolConfig ext_config;                   // base only: how to build an extension
   std::byte* base = nullptr;
   PoolHeader* header = nullptr;
   PoolClass* classes = nullptr;
@@ -122,7 +146,9 @@ struct BufferPool::State {
   bool claim_descriptor(std::uint32_t c, std::uint32_t* index) noexcept;
   AllocStatus claim_shared(std::uint32_t c, Priority priority, std::uint32_t* index) noexcept;
   void free_shared(std::uint32_t c, std::uint32_t i, std::uint64_t state) noexcept;
-  void release_unreferenced(std::uint32_t c, std::uint32_t i) noexcept;
+  void release_unreferenced(std::uint32_t c, std::uint32_t i, bool sole) noexcept;
+  HandleStatus drop(PoolDescriptor* d, const BufferHandle& h, std::uint32_t holder) noexcept;
+  void release_own(const BufferHandle& h) noexcept;
   PoolDescriptor* check(const BufferHandle& h, HandleStatus* status) const noexcept;
   HandleStatus release(const BufferHandle& h, std::uint32_t holder) noexcept;
   void count_op(std::uint32_t c, bool alloc, bool failed) noexcept;
@@ -130,6 +156,13 @@ struct BufferPool::State {
   void check_pressure() noexcept;
   void flush() noexcept;
   std::uint32_t reclaim(std::uint32_t pid) noexcept;
+  // Growth (called on the base state).
+  State* part(std::uint16_t index) noexcept;
+  std::string ext_name(std::uint32_t i) const;
+  bool grow(std::uint32_t c) noexcept;
+  bool lock_extensions() noexcept;
+  std::uint32_t shrink() noexcept;
+  AllocStatus try_alloc(std::uint32_t c, Priority priority, std::uint32_t* index) noexcept;
 };
 
 namespace {
@@ -201,7 +234,7 @@ BufferHandle Buffer::detach() noexcept {
 }
 
 void Buffer::reset() noexcept {
-  if (pool_) static_cast<BufferPool::State*>(pool_)->release(handle_, 0);
+  if (pool_) static_cast<BufferPool::State*>(pool_)->release_own(handle_);
   detach();
 }
 
@@ -255,6 +288,8 @@ void validate(const PoolConfig& cfg, std::string_view name) {
     bad("reserve_per_class (" + std::to_string(cfg.reserve_per_class) + ") must be smaller than buffers_per_class (" +
         std::to_string(cfg.buffers_per_class) + ")");
   if (cfg.cache_per_class > 1024) bad("cache_per_class must be <= 1024");
+  if (cfg.policy == ExhaustionPolicy::grow && (cfg.max_extensions == 0 || cfg.max_extensions > BufferPool::kMaxExtensions))
+    bad("ExhaustionPolicy::grow needs max_extensions in 1.." + std::to_string(BufferPool::kMaxExtensions));
 }
 
 }  // namespace
@@ -291,12 +326,23 @@ std::unique_ptr<BufferPool::State> attach(Segment& segment, void* data) {
   s->cursor.assign(h->class_count, 0);
   s->pending.resize(h->class_count);
   s->pid = detail::self_pid();
+  s->ext_index = static_cast<std::uint16_t>(h->extension_index);
+  // How to build an extension: the same classes, no caches, no growth of its own.
+  s->ext_config.class_sizes.clear();
+  for (std::uint32_t c = 0; c < h->class_count; ++c) s->ext_config.class_sizes.push_back(s->classes[c].buffer_size);
+  s->ext_config.buffers_per_class = h->buffers_per_class;
+  s->ext_config.reserve_per_class = h->class_count ? s->classes[0].reserve : 0;
+  s->ext_config.cache_per_class = 0;
   return s;
 }
 }  // namespace
 
 BufferPool BufferPool::create(Segment& segment, std::string_view name, const PoolConfig& config) {
   validate(config, name);
+  if (config.policy == ExhaustionPolicy::grow && segment.name().size() + 16 > kMaxNameLength)
+    throw Error(ErrorCode::invalid_argument, "pool '" + std::string(name) + "': segment name '" + segment.name() +
+                                                 "' is too long to name extension segments after it (max " +
+                                                 std::to_string(kMaxNameLength - 16) + " characters)");
   Layout l = layout_of(config);
   Object obj = segment.create_object(name, ObjectType::pool, l.total, [&](void* p, std::size_t) {
     auto* base = static_cast<std::byte*>(p);
@@ -313,6 +359,8 @@ BufferPool BufferPool::create(Segment& segment, std::string_view name, const Poo
     h->total_bytes = l.total;
     h->class_offset = l.class_offset;
     h->client_offset = l.client_offset;
+    h->max_extensions = config.policy == ExhaustionPolicy::grow ? config.max_extensions : 0;
+    h->shrink_delay_ns = static_cast<std::uint64_t>(std::chrono::nanoseconds(config.shrink_delay).count());
     for (std::size_t c = 0; c < config.class_sizes.size(); ++c) {
       auto* pc = new (base + l.class_offset + c * sizeof(PoolClass)) PoolClass{};
       pc->buffer_size = config.class_sizes[c];
@@ -418,16 +466,21 @@ AllocStatus BufferPool::State::admit(std::uint32_t c, Priority priority) noexcep
   int slot = client_slot();
   if (slot < 0) return AllocStatus::no_client_slot;
   const std::uint32_t limit = pc.count - (priority == Priority::normal ? pc.reserve : 0);
-  std::uint32_t n = pc.claimed.fetch_add(1, std::memory_order_acq_rel) + 1;  // A1
-  std::uint64_t b = header->claimed_bytes.fetch_add(pc.stride, std::memory_order_acq_rel) + pc.stride;
-  std::uint64_t cb = clients[slot].bytes.fetch_add(pc.stride, std::memory_order_relaxed) + pc.stride;
+  int root_slot = root == this ? slot : root->client_slot();
+  if (root_slot < 0) return AllocStatus::no_client_slot;
+  // seq_cst: half of the Dekker pair with shrink()'s retiring check (S1/S2).
+  std::uint32_t n = pc.claimed.fetch_add(1, std::memory_order_seq_cst) + 1;  // A1
+  std::uint64_t b = root->header->claimed_bytes.fetch_add(pc.stride, std::memory_order_acq_rel) + pc.stride;
+  std::uint64_t cb = root->clients[root_slot].bytes.fetch_add(pc.stride, std::memory_order_relaxed) + pc.stride;
   clients[slot].admitted[c].fetch_add(1, std::memory_order_relaxed);
+  const PoolHeader* rh = root->header;
   AllocStatus st = AllocStatus::ok;
   if (n > limit)
     st = AllocStatus::exhausted;
-  else if ((header->budget_bytes && b > header->budget_bytes) ||
-           (header->client_budget_bytes && cb > header->client_budget_bytes))
+  else if ((rh->budget_bytes && b > rh->budget_bytes) || (rh->client_budget_bytes && cb > rh->client_budget_bytes))
     st = AllocStatus::over_budget;
+  else if (ext_index != 0 && rh->ext[ext_index].state.load(std::memory_order_seq_cst) != kExtActive)
+    st = AllocStatus::exhausted;  // the extension is being retired
   if (st != AllocStatus::ok) {
     unadmit(c, pid, slot);
     return st;
@@ -441,12 +494,11 @@ AllocStatus BufferPool::State::admit(std::uint32_t c, Priority priority) noexcep
 void BufferPool::State::unadmit(std::uint32_t c, std::uint32_t owner_pid, int owner_slot) noexcept {
   PoolClass& pc = cls(c);
   pc.claimed.fetch_sub(1, std::memory_order_acq_rel);
-  header->claimed_bytes.fetch_sub(pc.stride, std::memory_order_acq_rel);
+  root->header->claimed_bytes.fetch_sub(pc.stride, std::memory_order_acq_rel);
   if (owner_slot < 0) owner_slot = find_client(owner_pid);
-  if (owner_slot >= 0) {
-    clients[owner_slot].bytes.fetch_sub(pc.stride, std::memory_order_relaxed);
-    clients[owner_slot].admitted[c].fetch_sub(1, std::memory_order_relaxed);
-  }
+  if (owner_slot >= 0) clients[owner_slot].admitted[c].fetch_sub(1, std::memory_order_relaxed);
+  int root_slot = root == this ? owner_slot : root->find_client(owner_pid);
+  if (root_slot >= 0) root->clients[root_slot].bytes.fetch_sub(pc.stride, std::memory_order_relaxed);
 }
 
 bool BufferPool::State::claim_descriptor(std::uint32_t c, std::uint32_t* index) noexcept {
@@ -494,7 +546,7 @@ AllocStatus BufferPool::State::claim_shared(std::uint32_t c, Priority priority, 
     unadmit(c, pid, client);
     return AllocStatus::exhausted;
   }
-  check_pressure();
+  root->check_pressure();
   return AllocStatus::ok;
 }
 
@@ -507,11 +559,11 @@ void BufferPool::State::free_shared(std::uint32_t c, std::uint32_t i, std::uint6
   const std::uint32_t owner = owner_of(state);
   unadmit(c, owner, owner == pid ? client : -1);                                          // F3
   // F4: SYNC POINT with the waiter's alloc_waiters++ before its re-check.
-  if (header->alloc_waiters.load(std::memory_order_seq_cst) != 0) header->freed.notify();
-  check_pressure();
+  if (root->header->alloc_waiters.load(std::memory_order_seq_cst) != 0) root->header->freed.notify();
+  root->check_pressure();
 }
 
-void BufferPool::State::release_unreferenced(std::uint32_t c, std::uint32_t i) noexcept {
+void BufferPool::State::release_unreferenced(std::uint32_t c, std::uint32_t i, bool sole) noexcept {
   PoolDescriptor* d = desc(c, i);
   std::uint64_t st = d->state.load(std::memory_order_acquire);
   if (owner_of(st) == 0) return;
@@ -521,11 +573,17 @@ void BufferPool::State::release_unreferenced(std::uint32_t c, std::uint32_t i) n
   // used: cached buffers must not starve other processes.
   if (owner_of(st) == pid && cache.size() < header->cache_per_class &&
       pc.claimed.load(std::memory_order_relaxed) * 2 < pc.count) {
-    if (d->state.compare_exchange_strong(st, make_state(pid, gen_of(st) + 1), std::memory_order_acq_rel)) {
-      d->meta.store(kCachedBit, std::memory_order_relaxed);
-      cache.push_back(i);
-      ++pending[c].cached;
-    }
+    const std::uint64_t next = make_state(pid, gen_of(st) + 1);
+    // The sole holder of its own buffer races with nobody (only holders can
+    // release, and only the dead are reclaimed): a plain store suffices.
+    // Otherwise another last-holder may be freeing it: CAS, one wins.
+    if (sole)
+      d->state.store(next, std::memory_order_release);
+    else if (!d->state.compare_exchange_strong(st, next, std::memory_order_acq_rel))
+      return;
+    d->meta.store(kCachedBit, std::memory_order_relaxed);
+    cache.push_back(i);
+    ++pending[c].cached;
     return;
   }
   free_shared(c, i, st);
@@ -568,6 +626,17 @@ Allocation BufferPool::allocate_for(std::size_t size, std::chrono::nanoseconds t
   return allocate_impl(size, priority, detail::deadline_ns(std::chrono::steady_clock::now() + timeout));
 }
 
+AllocStatus BufferPool::State::try_alloc(std::uint32_t c, Priority priority, std::uint32_t* index) noexcept {
+  auto& cache = caches[c];
+  if (!cache.empty()) {  // the cache: only this buffer's own line is touched
+    *index = cache.back();
+    cache.pop_back();
+    --pending[c].cached;
+    return AllocStatus::ok;
+  }
+  return claim_shared(c, priority, index);
+}
+
 Allocation BufferPool::allocate_impl(std::size_t size, Priority priority, std::uint64_t deadline_ns) noexcept {
   State& s = *s_;
   s.ensure_process();
@@ -579,46 +648,232 @@ Allocation BufferPool::allocate_impl(std::size_t size, Priority priority, std::u
     out.status = AllocStatus::too_large;
     return out;
   }
+  // Parts in order: the base pool, then active extensions; grow if allowed.
+  State* part = &s;
   std::uint32_t index = 0;
-  auto& cache = s.caches[c];
-  if (!cache.empty()) {  // the cache: only this buffer's own line is touched
-    index = cache.back();
-    cache.pop_back();
-    --s.pending[c].cached;
-  } else {
-    AllocStatus st = s.claim_shared(c, priority, &index);
-    if (st == AllocStatus::exhausted && deadline_ns != 0) {
-      // Wait for a free. SYNC POINT: alloc_waiters++ before the re-check;
-      // free_shared() loads it after freeing (F4).
-      s.header->alloc_waiters.fetch_add(1, std::memory_order_seq_cst);
-      const auto deadline = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
-      for (;;) {
-        std::uint32_t seen = s.header->freed.value();
-        st = s.claim_shared(c, priority, &index);
-        if (st != AllocStatus::exhausted) break;
-        if (detail::monotonic_ns() >= deadline_ns) {
-          st = AllocStatus::timed_out;
-          break;
-        }
-        s.header->freed.wait_until(seen, deadline);  // a free, or the deadline; the loop re-checks
+  auto try_all = [&]() {
+    part = &s;
+    AllocStatus st = s.try_alloc(c, priority, &index);
+    if (st != AllocStatus::exhausted) return st;
+    for (std::uint16_t i = 1; i <= s.header->max_extensions; ++i) {
+      if (s.header->ext[i].state.load(std::memory_order_acquire) != kExtActive) continue;
+      State* p = s.part(i);
+      if (!p) continue;
+      AllocStatus pst = p->try_alloc(c, priority, &index);
+      if (pst != AllocStatus::exhausted) {
+        part = p;
+        return pst;
       }
-      s.header->alloc_waiters.fetch_sub(1, std::memory_order_relaxed);
     }
-    if (st != AllocStatus::ok) {
-      s.count_op(c, true, true);
-      out.status = st;
-      return out;
+    return AllocStatus::exhausted;
+  };
+  AllocStatus st = try_all();
+  const bool grow = s.header->policy == static_cast<std::uint32_t>(ExhaustionPolicy::grow);
+  while (st == AllocStatus::exhausted && grow && s.grow(c)) st = try_all();
+  if (st == AllocStatus::exhausted && deadline_ns != 0) {
+    // Wait for a free. SYNC POINT: alloc_waiters++ before the re-check;
+    // free_shared() loads it after freeing (F4), in every part.
+    s.header->alloc_waiters.fetch_add(1, std::memory_order_seq_cst);
+    const auto deadline = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
+    for (;;) {
+      std::uint32_t seen = s.header->freed.value();
+      st = try_all();
+      if (st != AllocStatus::exhausted) break;
+      if (detail::monotonic_ns() >= deadline_ns) {
+        st = AllocStatus::timed_out;
+        break;
+      }
+      s.header->freed.wait_until(seen, deadline);  // a free, or the deadline; the loop re-checks
     }
+    s.header->alloc_waiters.fetch_sub(1, std::memory_order_relaxed);
   }
-  PoolDescriptor* d = s.desc(c, index);
-  d->holders[0].store(s.pid, std::memory_order_relaxed);  // A3
+  if (st != AllocStatus::ok) {
+    s.count_op(c, true, true);
+    out.status = st;
+    return out;
+  }
+  PoolDescriptor* d = part->desc(c, index);
+  d->holders[0].store(part->pid, std::memory_order_relaxed);  // A3
   d->meta.store(static_cast<std::uint32_t>(std::min<std::size_t>(size, 0x7fffffff)), std::memory_order_relaxed);
-  std::uint64_t st = d->state.load(std::memory_order_relaxed);
-  s.count_op(c, true, false);
-  BufferHandle h{s.header->pool_id, static_cast<std::uint16_t>(c), 0, index, gen_of(st)};
-  out.buffer = Buffer(&s, h, s.data(c, index), s.classes[c].buffer_size);
+  std::uint64_t state = d->state.load(std::memory_order_relaxed);
+  part->count_op(c, true, false);
+  BufferHandle h{s.header->pool_id, static_cast<std::uint16_t>(c), part->ext_index, index, gen_of(state)};
+  out.buffer = Buffer(part, h, part->data(c, index), part->classes[c].buffer_size);
   return out;
 }
+
+// ---- growth ---------------------------------------------------------------------------------
+
+std::string BufferPool::State::ext_name(std::uint32_t i) const {
+  char id[16];
+  std::snprintf(id, sizeof id, "%08x", header->pool_id);
+  return segment->name() + "-px" + id + "-" + std::to_string(i);
+}
+
+bool BufferPool::State::lock_extensions() noexcept {
+  LockResult r = header->ext_lock.lock();
+  if (r == LockResult::owner_died) {
+    // A grower or shrinker died mid-change: finish or undo its entry.
+    for (std::uint32_t i = 1; i <= header->max_extensions; ++i) {
+      auto& e = header->ext[i];
+      std::uint32_t st = e.state.load(std::memory_order_relaxed);
+      if (st == kExtCreating || st == kExtRetiring) {
+        try {
+          Segment::unlink(ext_name(i), segment->domain());
+        } catch (...) {
+        }
+        e.state.store(kExtNone, std::memory_order_release);
+      }
+    }
+    header->ext_lock.mark_consistent();
+    return true;
+  }
+  return r == LockResult::acquired;
+}
+
+BufferPool::State* BufferPool::State::part(std::uint16_t i) noexcept {
+  if (i == 0) return this;
+  if (i > header->max_extensions) return nullptr;
+  if (exts.size() <= i) exts.resize(header->max_extensions + 1u);
+  auto& e = header->ext[i];
+  std::uint64_t gen = e.generation.load(std::memory_order_acquire);
+  if (e.state.load(std::memory_order_acquire) != kExtActive) {
+    exts[i].reset();  // retired: nobody holds buffers in it (its claimed was 0)
+    return nullptr;
+  }
+  if (exts[i] && exts[i]->generation == gen) return exts[i]->part.get();
+  exts[i].reset();
+  try {
+    auto ext = std::make_unique<Ext>(Ext{Segment::open(ext_name(i), {.read_only = false, .domain = segment->domain()}),
+                                         nullptr, gen});
+    if (ext->segment.generation() != gen) return nullptr;  // replaced meanwhile
+    BufferPool opened = BufferPool::open(ext->segment, "pool");
+    ext->part = std::move(opened.s_);
+    ext->part->segment = &ext->segment;
+    ext->part->root = this;
+    ext->part->ext_index = i;
+    exts[i] = std::move(ext);
+    return exts[i]->part.get();
+  } catch (const std::exception& ex) {
+    log::warn("pool: cannot map extension {} ({}): {}", i, ext_name(i), ex.what());
+    return nullptr;
+  }
+}
+
+bool BufferPool::State::grow(std::uint32_t c) noexcept {
+  if (!lock_extensions()) return false;
+  struct Unlock {
+    Mutex& m;
+    ~Unlock() { m.unlock(); }
+  } unlock{header->ext_lock};
+  // G1: another process may have grown the pool while we waited for the lock.
+  for (std::uint16_t i = 1; i <= header->max_extensions; ++i) {
+    if (header->ext[i].state.load(std::memory_order_acquire) != kExtActive) continue;
+    State* p = part(i);
+    if (p && p->classes[c].claimed.load(std::memory_order_acquire) < p->classes[c].count) return true;
+  }
+  std::uint16_t slot = 0;
+  for (std::uint16_t i = 1; i <= header->max_extensions && !slot; ++i)
+    if (header->ext[i].state.load(std::memory_order_acquire) == kExtNone) slot = i;
+  if (!slot) return false;
+  auto& e = header->ext[slot];
+  e.state.store(kExtCreating, std::memory_order_release);  // G2
+  e.creator = pid;
+  try {
+    struct stat st{};
+    std::string base_path = segment->info().path;
+    SegmentOptions o;
+    o.domain = segment->domain();
+    o.directory_capacity = 4;
+    o.size = align_up(BufferPool::bytes_needed(ext_config) + (64u << 10), 4096);
+    if (::stat(base_path.c_str(), &st) == 0) {
+      o.mode = st.st_mode & 07777;
+      o.group = st.st_gid;
+    }
+    auto ext = std::make_unique<Ext>(Ext{Segment::create(ext_name(slot), o), nullptr, 0});  // G3
+    BufferPool made = BufferPool::create(ext->segment, "pool", ext_config);
+    made.s_->header->pool_id = header->pool_id;  // handles name the whole pool
+    made.s_->header->extension_index = slot;
+    ext->generation = ext->segment.generation();
+    ext->part = std::move(made.s_);
+    ext->part->segment = &ext->segment;
+    ext->part->root = this;
+    ext->part->ext_index = slot;
+    e.generation.store(ext->generation, std::memory_order_release);
+    e.empty_since_ns.store(0, std::memory_order_relaxed);
+    e.state.store(kExtActive, std::memory_order_release);  // G4
+    if (exts.size() <= slot) exts.resize(header->max_extensions + 1u);
+    exts[slot] = std::move(ext);
+    log::info("pool {}: grew by extension {} ({})", header->pool_id, slot, ext_name(slot));
+    return true;
+  } catch (const std::exception& ex) {
+    log::warn("pool: cannot grow by extension {} ({}): {}", slot, ext_name(slot), ex.what());
+    try {
+      Segment::unlink(ext_name(slot), segment->domain());
+    } catch (...) {
+    }
+    e.state.store(kExtNone, std::memory_order_release);
+    return false;
+  }
+}
+
+std::uint32_t BufferPool::State::shrink() noexcept {
+  std::uint32_t released = 0;
+  const std::uint64_t now = detail::monotonic_ns();
+  for (std::uint16_t i = 1; i <= header->max_extensions; ++i) {
+    auto& e = header->ext[i];
+    if (e.state.load(std::memory_order_acquire) != kExtActive) {
+      part(i);  // drops a stale mapping
+      continue;
+    }
+    State* p = part(i);
+    if (!p) continue;
+    auto empty = [&] {
+      for (std::uint32_t c = 0; c < p->header->class_count; ++c)
+        if (p->classes[c].claimed.load(std::memory_order_seq_cst) != 0) return false;
+      return true;
+    };
+    if (!empty()) {
+      e.empty_since_ns.store(0, std::memory_order_relaxed);
+      continue;
+    }
+    std::uint64_t since = e.empty_since_ns.load(std::memory_order_relaxed);
+    if (since == 0) {
+      e.empty_since_ns.compare_exchange_strong(since, now, std::memory_order_relaxed);
+      if (header->shrink_delay_ns != 0) continue;
+      since = now;
+    }
+    if (now - since < header->shrink_delay_ns) continue;
+    if (!lock_extensions()) continue;
+    std::uint32_t active = kExtActive;
+    if (e.state.compare_exchange_strong(active, kExtRetiring, std::memory_order_seq_cst)) {  // S1
+      if (!empty()) {                                                                       // S2
+        e.state.store(kExtActive, std::memory_order_seq_cst);
+      } else {
+        exts[i].reset();
+        try {
+          Segment::unlink(ext_name(i), segment->domain());  // S3
+        } catch (...) {
+        }
+        e.empty_since_ns.store(0, std::memory_order_relaxed);
+        e.state.store(kExtNone, std::memory_order_release);
+        ++released;
+        log::info("pool {}: released empty extension {}", header->pool_id, i);
+      }
+    }
+    header->ext_lock.unlock();
+  }
+  return released;
+}
+
+std::uint32_t BufferPool::extensions() const noexcept {
+  std::uint32_t n = 0;
+  for (std::uint32_t i = 1; i <= s_->header->max_extensions; ++i)
+    n += s_->header->ext[i].state.load(std::memory_order_relaxed) == kExtActive;
+  return n;
+}
+
+std::uint32_t BufferPool::shrink() noexcept { return s_->shrink(); }
 
 // ---- handles ------------------------------------------------------------------------------------
 
@@ -627,7 +882,7 @@ PoolDescriptor* BufferPool::State::check(const BufferHandle& h, HandleStatus* st
     if (status) *status = st;
     return nullptr;
   };
-  if (h.pool_id != header->pool_id) return fail(HandleStatus::foreign_pool);
+  if (h.pool_id != header->pool_id || h.extension != ext_index) return fail(HandleStatus::foreign_pool);
   if (h.size_class >= header->class_count) return fail(HandleStatus::bad_class);
   if (h.index >= classes[h.size_class].count) return fail(HandleStatus::bad_index);
   PoolDescriptor* d = desc(h.size_class, h.index);
@@ -639,11 +894,19 @@ PoolDescriptor* BufferPool::State::check(const BufferHandle& h, HandleStatus* st
 }
 
 std::byte* BufferPool::resolve(const BufferHandle& h, HandleStatus* status) const noexcept {
-  return s_->check(h, status) ? s_->data(h.size_class, h.index) : nullptr;
+  State* p = s_->part(h.extension);
+  if (!p) {
+    if (status) *status = HandleStatus::foreign_pool;
+    return nullptr;
+  }
+  return p->check(h, status) ? p->data(h.size_class, h.index) : nullptr;
 }
 
 BufferPool::HandleStatus BufferPool::retain(const BufferHandle& h, std::uint32_t holder) noexcept {
-  State& s = *s_;
+  s_->ensure_process();
+  State* p = s_->part(h.extension);
+  if (!p) return HandleStatus::foreign_pool;
+  State& s = *p;
   s.ensure_process();
   HandleStatus st;
   PoolDescriptor* d = s.check(h, &st);
@@ -660,36 +923,65 @@ BufferPool::HandleStatus BufferPool::retain(const BufferHandle& h, std::uint32_t
   return HandleStatus::too_many_holders;
 }
 
-BufferPool::HandleStatus BufferPool::State::release(const BufferHandle& h, std::uint32_t holder) noexcept {
-  ensure_process();
-  HandleStatus st;
-  PoolDescriptor* d = check(h, &st);
-  if (!d) return st;
-  if (holder == 0) holder = pid;
-  bool dropped = false;
-  for (auto& slot : d->holders) {
-    std::uint32_t expected = holder;
-    if (slot.load(std::memory_order_relaxed) == holder &&
-        slot.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
-      dropped = true;
-      break;
-    }
+BufferPool::HandleStatus BufferPool::State::drop(PoolDescriptor* d, const BufferHandle& h,
+                                                 std::uint32_t holder) noexcept {
+  // Find our slot and whether any other slot is set.
+  int mine = -1;
+  bool others = false;
+  for (int k = 0; k < kMaxHolders; ++k) {
+    std::uint32_t v = d->holders[k].load(std::memory_order_acquire);
+    if (v == holder && mine < 0)
+      mine = k;
+    else if (v != 0)
+      others = true;
   }
-  if (!dropped) return HandleStatus::not_held;
-  if (all_holders_zero(d)) {
-    release_unreferenced(h.size_class, h.index);
+  if (mine < 0) return HandleStatus::not_held;
+  if (!others) {
+    // Sole holder: nobody else can add or drop a reference concurrently.
+    d->holders[mine].store(0, std::memory_order_relaxed);
+    release_unreferenced(h.size_class, h.index, true);
+    count_op(h.size_class, false, false);
+    return HandleStatus::ok;
+  }
+  std::uint32_t expected = holder;
+  if (!d->holders[mine].compare_exchange_strong(expected, 0, std::memory_order_seq_cst)) return drop(d, h, holder);
+  // SYNC POINT: seq_cst drop, then seq_cst re-read of every slot. Of two last
+  // holders dropping at once, at least one sees all zero (both may: the state
+  // CAS in release_unreferenced/free_shared lets only one free).
+  bool all_zero = true;
+  for (auto& slot : d->holders) all_zero &= slot.load(std::memory_order_seq_cst) == 0;
+  if (all_zero) {
+    release_unreferenced(h.size_class, h.index, false);
     count_op(h.size_class, false, false);
   }
   return HandleStatus::ok;
 }
 
+BufferPool::HandleStatus BufferPool::State::release(const BufferHandle& h, std::uint32_t holder) noexcept {
+  ensure_process();
+  HandleStatus st;
+  PoolDescriptor* d = check(h, &st);
+  if (!d) return st;
+  return drop(d, h, holder == 0 ? pid : holder);
+}
+
+// A Buffer's own reference: valid for as long as the Buffer lives (only a
+// dead process's references are reclaimed), so no handle check is needed.
+void BufferPool::State::release_own(const BufferHandle& h) noexcept {
+  if (detail::self_pid() != pid) return;  // a fork child's copy: the parent's reference
+  drop(desc(h.size_class, h.index), h, pid);
+}
+
 BufferPool::HandleStatus BufferPool::release(const BufferHandle& h, std::uint32_t holder) noexcept {
-  return s_->release(h, holder);
+  State* p = s_->part(h.extension);
+  return p ? p->release(h, holder) : HandleStatus::foreign_pool;
 }
 
 BufferPool::HandleStatus BufferPool::transfer(const BufferHandle& h, std::uint32_t from, std::uint32_t to) noexcept {
+  State* p = s_->part(h.extension);
+  if (!p) return HandleStatus::foreign_pool;
   HandleStatus st;
-  PoolDescriptor* d = s_->check(h, &st);
+  PoolDescriptor* d = p->check(h, &st);
   if (!d) return st;
   if (from == 0 || to == 0) return HandleStatus::not_held;
   for (auto& slot : d->holders) {
@@ -701,7 +993,13 @@ BufferPool::HandleStatus BufferPool::transfer(const BufferHandle& h, std::uint32
 }
 
 std::optional<Buffer> BufferPool::adopt(const BufferHandle& h, std::uint32_t from_holder, HandleStatus* status) noexcept {
-  State& s = *s_;
+  s_->ensure_process();
+  State* p = s_->part(h.extension);
+  if (!p) {
+    if (status) *status = HandleStatus::foreign_pool;
+    return std::nullopt;
+  }
+  State& s = *p;
   s.ensure_process();
   HandleStatus st = s.client_slot() < 0 ? HandleStatus::too_many_holders : transfer(h, from_holder, s.pid);
   if (status) *status = st;
@@ -710,7 +1008,9 @@ std::optional<Buffer> BufferPool::adopt(const BufferHandle& h, std::uint32_t fro
 }
 
 std::uint32_t BufferPool::holders(const BufferHandle& h) const noexcept {
-  PoolDescriptor* d = s_->check(h, nullptr);
+  State* p = s_->part(h.extension);
+  if (!p) return 0;
+  PoolDescriptor* d = p->check(h, nullptr);
   if (!d) return 0;
   std::uint32_t n = 0;
   for (const auto& slot : d->holders) n += slot.load(std::memory_order_relaxed) != 0;
@@ -762,18 +1062,23 @@ std::uint32_t BufferPool::State::reclaim(std::uint32_t dead) noexcept {
       if (admitted <= still_held[c]) continue;
       std::uint32_t leaked = admitted - still_held[c];
       classes[c].claimed.fetch_sub(leaked, std::memory_order_acq_rel);
-      header->claimed_bytes.fetch_sub(std::uint64_t{leaked} * classes[c].stride, std::memory_order_acq_rel);
+      root->header->claimed_bytes.fetch_sub(std::uint64_t{leaked} * classes[c].stride, std::memory_order_acq_rel);
     }
     for (auto& a : cl.admitted) a.store(0, std::memory_order_relaxed);
     cl.bytes.store(0, std::memory_order_relaxed);
     cl.token.store(0, std::memory_order_relaxed);
     cl.pid.store(0, std::memory_order_release);
   }
-  if (freed) header->freed.notify();
+  if (freed) root->header->freed.notify();
   return freed;
 }
 
-std::uint32_t BufferPool::reclaim(std::uint32_t pid) noexcept { return s_->reclaim(pid); }
+std::uint32_t BufferPool::reclaim(std::uint32_t pid) noexcept {
+  std::uint32_t n = 0;
+  for (std::uint16_t i = 1; i <= s_->header->max_extensions; ++i)
+    if (State* p = s_->part(i)) n += p->reclaim(pid);
+  return n + s_->reclaim(pid);  // the base last: it owns the client's byte count
+}
 
 std::uint32_t BufferPool::reclaim_dead() noexcept {
   State& s = *s_;
@@ -783,14 +1088,17 @@ std::uint32_t BufferPool::reclaim_dead() noexcept {
     if (p == 0) continue;
     if (detail::process_liveness(static_cast<pid_t>(p), s.clients[i].token.load(std::memory_order_relaxed)) ==
         detail::Liveness::dead)
-      total += s.reclaim(p);
+      total += reclaim(p);
   }
   return total;
 }
 
 std::vector<BufferHandle> BufferPool::held_by(std::uint32_t pid) const {
-  State& s = *s_;
   std::vector<BufferHandle> out;
+  for (std::uint16_t part = 0; part <= s_->header->max_extensions; ++part) {
+  State* sp = s_->part(part);
+  if (!sp) continue;
+  State& s = *sp;
   for (std::uint32_t c = 0; c < s.header->class_count; ++c)
     for (std::uint32_t i = 0; i < s.classes[c].count; ++i) {
       PoolDescriptor* d = s.desc(c, i);
@@ -798,8 +1106,9 @@ std::vector<BufferHandle> BufferPool::held_by(std::uint32_t pid) const {
       if (owner_of(st) == 0) continue;
       bool held = owner_of(st) == pid;
       for (const auto& slot : d->holders) held |= slot.load(std::memory_order_relaxed) == pid;
-      if (held) out.push_back(BufferHandle{s.header->pool_id, static_cast<std::uint16_t>(c), 0, i, gen_of(st)});
+      if (held) out.push_back(BufferHandle{s.header->pool_id, static_cast<std::uint16_t>(c), part, i, gen_of(st)});
     }
+  }
   return out;
 }
 
@@ -907,9 +1216,14 @@ void BufferPool::State::flush() noexcept {
     caches[c].clear();
   }
   publish();
+  for (auto& e : exts)
+    if (e) e->part->publish();
 }
 
-void BufferPool::flush() noexcept { s_->flush(); }
+void BufferPool::flush() noexcept {
+  s_->flush();
+  if (s_->header->max_extensions) s_->shrink();
+}
 
 std::uint32_t BufferPool::pool_id() const noexcept { return s_->header->pool_id; }
 std::size_t BufferPool::class_count() const noexcept { return s_->header->class_count; }

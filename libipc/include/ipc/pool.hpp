@@ -86,9 +86,32 @@
 // claim; reclaim(pid) subtracts what the dead client still had admitted,
 // so the counters come out exact even for a death between A1 and A2.
 //
-// Exhaustion policy per pool: fail (return exhausted at once) or wait (sleep
-// on the `freed` Event until a buffer is freed or the timeout passes).
-// Growth by extension segments is not implemented yet (see docs/).
+// Exhaustion policy per pool: fail (return exhausted at once), wait (sleep
+// on the `freed` Event until a buffer is freed or the timeout passes), or
+// grow: add an extension segment holding another full set of buffers.
+//
+// Growth. An extension is a segment of its own, named
+// "<segment>-px<pool id>-<i>", holding a pool object with the same classes
+// (no per-handle caches, so an idle extension is really empty). The base
+// pool's header has a table of kMaxExtensions entries {state, segment
+// generation, empty-since}, changed under a robust mutex:
+//   G1 lock; an extension with room may have appeared meanwhile → use it;
+//   G2 entry i: state = creating; G3 create the segment and pool (atomic:
+//      Segment::create publishes with linkat); G4 generation, state = active;
+//      unlock. A creator dying in G2–G4 leaves "creating": the next locker
+//      gets owner_died, unlinks that segment name if it exists, frees the entry.
+// Other processes map an extension on first use (an allocation scanning the
+// table, or a handle whose `extension` is i). Handles carry the extension
+// index, so any process resolves them.
+// Shrink with hysteresis: shrink() (also tried on flush) releases an
+// extension that has been empty for shrink_delay:
+//   S1 lock; state = retiring (seq_cst); S2 re-check that every class's
+//      `claimed` is 0, else back to active; S3 unlink, state = none; unlock.
+// An allocator admitted into an extension (A1, seq_cst) re-checks that the
+// state is still active and backs out otherwise: S1/S2 against A1/the
+// re-check is a Dekker pair, so no buffer is handed out of a retiring
+// extension. Processes drop their mapping when they see it is no longer
+// active (nobody holds a buffer in it: claimed was 0).
 #pragma once
 
 #include <atomic>
@@ -111,7 +134,7 @@ namespace ipc {
 struct BufferHandle {
   std::uint32_t pool_id = 0;     // which pool (checked: a foreign handle is refused)
   std::uint16_t size_class = 0;  // class index
-  std::uint16_t reserved = 0;
+  std::uint16_t extension = 0;   // 0: the base pool; i: extension segment i
   std::uint32_t index = 0;       // buffer within the class
   std::uint32_t generation = 0;  // claim generation (stale handles are refused)
   bool valid() const noexcept { return pool_id != 0; }
@@ -131,7 +154,7 @@ const char* to_string(AllocStatus s) noexcept;
 
 enum class Priority : std::uint8_t { normal, high };
 
-enum class ExhaustionPolicy : std::uint8_t { fail, wait };
+enum class ExhaustionPolicy : std::uint8_t { fail, wait, grow };
 
 // Utilisation thresholds (bytes claimed / capacity or budget).
 enum class PressureLevel : std::uint8_t { none, low, medium, high, critical };
@@ -147,6 +170,8 @@ struct PoolConfig {
   std::uint64_t budget_bytes = 0;         // pool-wide cap on bytes claimed (0 = capacity)
   std::uint64_t client_budget_bytes = 0;  // per-process cap (0 = none)
   std::uint32_t cache_per_class = 8;      // per-handle cache (0 = off)
+  std::uint32_t max_extensions = 0;       // ExhaustionPolicy::grow: up to this many extension segments
+  std::chrono::milliseconds shrink_delay{1000};  // an extension empty this long is released by shrink()
 };
 
 struct ClassStats {
@@ -285,6 +310,11 @@ class BufferPool {
   void flush() noexcept;
 
   std::uint32_t pool_id() const noexcept;
+  // Extension segments currently active (growth).
+  std::uint32_t extensions() const noexcept;
+  // Releases extensions that have been empty for shrink_delay; returns how many.
+  std::uint32_t shrink() noexcept;
+  static constexpr std::uint32_t kMaxExtensions = 15;
   const std::string& name() const noexcept { return name_; }
   std::size_t class_count() const noexcept;
   std::size_t class_size(std::size_t c) const noexcept;
