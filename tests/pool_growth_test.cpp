@@ -142,7 +142,8 @@ TEST_CASE("allocations racing with shrink never get a buffer from a released ext
   int shrinks = 0;
   auto deadline = std::chrono::steady_clock::now() + 20s;
   while (board->stage.load() == 0 && std::chrono::steady_clock::now() < deadline) shrinks += pool.shrink();
-  CHECK(test::child_ok(test::wait_child(child)));
+  test::ChildExit e = test::wait_child(child);
+  CHECK_MESSAGE(test::child_ok(e), "child exit code " << e.code << ", signal " << e.signal);
   MESSAGE("extensions released while the other process allocated: " << shrinks);
   CHECK(shrinks > 0);
   pool.shrink();

@@ -48,6 +48,7 @@ struct PoolHeader {
   std::uint64_t client_offset;
   std::uint32_t max_extensions;
   std::uint32_t extension_index;  // 0 in the base pool; i in extension i
+  std::uint64_t region_offset;    // 0: no large region
   std::uint64_t shrink_delay_ns;
   alignas(kLine) std::atomic<std::uint64_t> claimed_bytes;  // base pool: bytes admitted in all parts
   std::atomic<std::uint32_t> pressure;
@@ -56,13 +57,20 @@ struct PoolHeader {
   // Growth (base pool only; see pool.hpp "Growth").
   Mutex ext_lock;
   struct Extension {
-    std::atomic<std::uint32_t> state;  // kExtNone / kExtCreating / kExtActive / kExtRetiring
+    // epoch << 32 | state, read and changed as one word: a reader never pairs
+    // one incarnation's state with another's mapping. The epoch grows with
+    // every creation of the entry.
+    std::atomic<std::uint64_t> word;
     std::uint32_t creator;
-    std::atomic<std::uint64_t> generation;  // of the extension segment
+    std::uint32_t pad;
+    std::atomic<std::uint64_t> generation;  // of the extension segment (set before the word goes active)
     std::atomic<std::uint64_t> empty_since_ns;
   } ext[BufferPool::kMaxExtensions + 1];  // entry 0 unused
 };
 enum : std::uint32_t { kExtNone = 0, kExtCreating = 1, kExtActive = 2, kExtRetiring = 3 };
+inline std::uint32_t word_state(std::uint64_t w) { return static_cast<std::uint32_t>(w); }
+inline std::uint32_t word_epoch(std::uint64_t w) { return static_cast<std::uint32_t>(w >> 32); }
+inline std::uint64_t ext_word(std::uint32_t epoch, std::uint32_t state) { return std::uint64_t{epoch} << 32 | state; }
 
 struct PoolClass {
   std::uint64_t buffer_size;
@@ -93,7 +101,19 @@ struct PoolDescriptor {
   std::atomic<std::uint64_t> state;  // owner pid << 32 | generation; owner 0 = free
   std::atomic<std::uint32_t> holders[BufferPool::kMaxHolders];
   std::atomic<std::uint32_t> meta;  // kCachedBit | requested bytes (31 bits)
-  std::uint32_t pad[3];
+  std::uint32_t run;                // large region: blocks in the run this head starts
+  std::uint32_t pad[2];
+};
+
+struct PoolRegion {
+  std::uint32_t strategy;  // LargeStrategy
+  std::uint32_t blocks;
+  std::uint64_t min_block;
+  std::uint64_t desc_offset, used_offset, data_offset;
+  Mutex lock;
+  std::atomic<std::uint32_t> used_blocks;  // derived from the heads, under lock
+  std::atomic<std::uint32_t> peak_blocks;
+  std::atomic<std::uint64_t> allocs, frees, failures;
 };
 static_assert(sizeof(PoolDescriptor) == 64, "one descriptor per cache line");
 
@@ -103,10 +123,11 @@ struct BufferPool::State {
   Segment* segment = nullptr;
   State* root = this;               // the base pool's state (budgets, waiters, extension table)
   std::uint16_t ext_index = 0;      // which part of the pool this is
+  std::uint32_t ext_epoch = 0;      // an extension part: the incarnation of its table entry
   struct Ext {
     Segment segment;
     std::unique_ptr<State> part;
-    std::uint64_t generation = 0;
+    std::uint32_t epoch = 0;
   };
   std::vector<std::unique_ptr<Ext>> exts;  // base only: index i = extension i (0 unused)
   PoolConfig ext_config;                   // base only: how to build an extension
@@ -128,15 +149,33 @@ struct BufferPool::State {
   std::vector<std::pair<int, PressureHandler>> handlers;
 
   PoolClass& cls(std::uint32_t c) const { return classes[c]; }
+  PoolRegion* region() const {
+    return header->region_offset ? reinterpret_cast<PoolRegion*>(base + header->region_offset) : nullptr;
+  }
   PoolDescriptor* desc(std::uint32_t c, std::uint32_t i) const {
+    if (c == kRegionClass) return reinterpret_cast<PoolDescriptor*>(base + region()->desc_offset) + i;
     return reinterpret_cast<PoolDescriptor*>(base + classes[c].desc_offset) + i;
   }
   std::atomic<std::uint64_t>* bitmap(std::uint32_t c) const {
     return reinterpret_cast<std::atomic<std::uint64_t>*>(base + classes[c].bitmap_offset);
   }
   std::byte* data(std::uint32_t c, std::uint32_t i) const {
+    if (c == kRegionClass) return base + region()->data_offset + std::uint64_t{i} * region()->min_block;
     return base + classes[c].data_offset + std::uint64_t{i} * classes[c].stride;
   }
+  std::atomic<std::uint64_t>* used_bits() const {
+    return reinterpret_cast<std::atomic<std::uint64_t>*>(base + region()->used_offset);
+  }
+  // Bytes in use in the whole pool: slab admissions + the region's used blocks.
+  std::uint64_t used_bytes() const noexcept {
+    std::uint64_t b = header->claimed_bytes.load(std::memory_order_acquire);
+    if (PoolRegion* r = region()) b += std::uint64_t{r->used_blocks.load(std::memory_order_relaxed)} * r->min_block;
+    return b;
+  }
+  bool lock_region() noexcept;
+  void rebuild_region() noexcept;
+  AllocStatus region_alloc(std::size_t size, std::uint32_t* index) noexcept;
+  void region_free(std::uint32_t i, std::uint32_t only_owner) noexcept;
 
   void ensure_process() noexcept;
   int find_client(std::uint32_t pid) const noexcept;
@@ -244,6 +283,7 @@ namespace {
 
 struct Layout {
   std::size_t class_offset, client_offset, total;
+  std::size_t region_offset = 0, region_desc = 0, region_used = 0, region_data = 0, region_blocks = 0;
   std::vector<std::size_t> desc, bitmap, data, stride;
   std::uint64_t capacity = 0;
 };
@@ -266,6 +306,19 @@ Layout layout_of(const PoolConfig& cfg) {
     off += stride * cfg.buffers_per_class;
     l.capacity += std::uint64_t{stride} * cfg.buffers_per_class;
   }
+  if (cfg.large_strategy != LargeStrategy::none) {
+    l.region_blocks = cfg.large_region_bytes / cfg.large_min_block;
+    l.region_offset = off;
+    off += align_up(sizeof(PoolRegion), kLine);
+    l.region_desc = off;
+    off += sizeof(PoolDescriptor) * l.region_blocks;
+    l.region_used = off;
+    off += align_up((l.region_blocks + 63) / 64 * 8, kLine);
+    off = align_up(off, kLine);
+    l.region_data = off;
+    off += l.region_blocks * cfg.large_min_block;
+    l.capacity += std::uint64_t{l.region_blocks} * cfg.large_min_block;
+  }
   l.total = off;
   return l;
 }
@@ -274,7 +327,17 @@ void validate(const PoolConfig& cfg, std::string_view name) {
   auto bad = [&](const std::string& why) {
     throw Error(ErrorCode::invalid_argument, "pool '" + std::string(name) + "': " + why);
   };
-  if (cfg.class_sizes.empty()) bad("class_sizes is empty; give at least one buffer size");
+  if (cfg.class_sizes.empty() && cfg.large_strategy == LargeStrategy::none)
+    bad("class_sizes is empty; give at least one buffer size (or a large_strategy region)");
+  if (cfg.large_strategy != LargeStrategy::none) {
+    std::size_t mb = cfg.large_min_block;
+    if (mb < 64 || (mb & (mb - 1)) != 0) bad("large_min_block must be a power of two >= 64");
+    if (cfg.large_region_bytes < mb || cfg.large_region_bytes % mb != 0)
+      bad("large_region_bytes must be a non-zero multiple of large_min_block (" + std::to_string(mb) + ")");
+    if (cfg.large_region_bytes / mb > (1u << 24)) bad("the large region may hold at most 16777216 min-blocks");
+    if (!cfg.class_sizes.empty() && cfg.large_region_bytes <= cfg.class_sizes.back())
+      bad("large_region_bytes must exceed the largest slab class");
+  }
   if (cfg.class_sizes.size() > BufferPool::kMaxClasses)
     bad("at most " + std::to_string(BufferPool::kMaxClasses) + " size classes");
   for (std::size_t i = 0; i < cfg.class_sizes.size(); ++i) {
@@ -282,9 +345,9 @@ void validate(const PoolConfig& cfg, std::string_view name) {
     if (cfg.class_sizes[i] > (std::size_t{1} << 31) - 1) bad("class sizes must be < 2 GiB");
     if (i && cfg.class_sizes[i] <= cfg.class_sizes[i - 1]) bad("class_sizes must be strictly ascending");
   }
-  if (cfg.buffers_per_class == 0) bad("buffers_per_class must be > 0");
+  if (cfg.buffers_per_class == 0 && !cfg.class_sizes.empty()) bad("buffers_per_class must be > 0");
   if (cfg.buffers_per_class > (1u << 24)) bad("buffers_per_class must be <= 16777216");
-  if (cfg.reserve_per_class >= cfg.buffers_per_class)
+  if (!cfg.class_sizes.empty() && cfg.reserve_per_class >= cfg.buffers_per_class)
     bad("reserve_per_class (" + std::to_string(cfg.reserve_per_class) + ") must be smaller than buffers_per_class (" +
         std::to_string(cfg.buffers_per_class) + ")");
   if (cfg.cache_per_class > 1024) bad("cache_per_class must be <= 1024");
@@ -374,6 +437,16 @@ BufferPool BufferPool::create(Segment& segment, std::string_view name, const Poo
       for (std::uint32_t i = 0; i < config.buffers_per_class; ++i)
         bm[i / 64].fetch_or(std::uint64_t{1} << (i % 64), std::memory_order_relaxed);
     }
+    if (config.large_strategy != LargeStrategy::none) {
+      h->region_offset = l.region_offset;
+      auto* r = new (base + l.region_offset) PoolRegion{};
+      r->strategy = static_cast<std::uint32_t>(config.large_strategy);
+      r->blocks = static_cast<std::uint32_t>(l.region_blocks);
+      r->min_block = config.large_min_block;
+      r->desc_offset = l.region_desc;
+      r->used_offset = l.region_used;
+      r->data_offset = l.region_data;
+    }
     // A random id: handles of another pool (or an earlier pool of the same
     // name) are refused as foreign. Never 0 (0 marks an empty handle).
     std::uint32_t id = 0;
@@ -396,7 +469,8 @@ BufferPool BufferPool::open(Segment& segment, std::string_view name) {
   if (h->layout_version != kPoolLayoutVersion)
     throw Error(ErrorCode::version_mismatch, what + " has pool layout version " + std::to_string(h->layout_version) +
                                                  ", this libipc reads " + std::to_string(kPoolLayoutVersion));
-  if (h->total_bytes != obj.info.size || h->class_count == 0 || h->class_count > kMaxClasses ||
+  if (h->total_bytes != obj.info.size || (h->class_count == 0 && h->region_offset == 0) ||
+      h->class_count > kMaxClasses || h->region_offset >= h->total_bytes ||
       h->class_offset >= h->total_bytes || h->client_offset >= h->total_bytes)
     throw Error(ErrorCode::corrupted, what + ": header fields are inconsistent; re-create the pool");
   auto* classes = reinterpret_cast<PoolClass*>(static_cast<std::byte*>(obj.data) + h->class_offset);
@@ -405,6 +479,12 @@ BufferPool BufferPool::open(Segment& segment, std::string_view name) {
     if (pc.data_offset + pc.stride * pc.count > h->total_bytes || pc.desc_offset >= h->total_bytes ||
         pc.bitmap_offset >= h->total_bytes)
       throw Error(ErrorCode::corrupted, what + ": size class " + std::to_string(c) + " lies outside the pool object");
+  }
+  if (h->region_offset) {
+    auto* r = reinterpret_cast<PoolRegion*>(static_cast<std::byte*>(obj.data) + h->region_offset);
+    if (r->min_block == 0 || r->data_offset + std::uint64_t{r->blocks} * r->min_block > h->total_bytes ||
+        r->desc_offset + std::uint64_t{r->blocks} * sizeof(PoolDescriptor) > h->total_bytes)
+      throw Error(ErrorCode::corrupted, what + ": the large region lies outside the pool object");
   }
   BufferPool pool(attach(segment, obj.data));
   pool.name_ = std::string(name);
@@ -471,6 +551,7 @@ AllocStatus BufferPool::State::admit(std::uint32_t c, Priority priority) noexcep
   // seq_cst: half of the Dekker pair with shrink()'s retiring check (S1/S2).
   std::uint32_t n = pc.claimed.fetch_add(1, std::memory_order_seq_cst) + 1;  // A1
   std::uint64_t b = root->header->claimed_bytes.fetch_add(pc.stride, std::memory_order_acq_rel) + pc.stride;
+  if (PoolRegion* r = root->region()) b += std::uint64_t{r->used_blocks.load(std::memory_order_relaxed)} * r->min_block;
   std::uint64_t cb = root->clients[root_slot].bytes.fetch_add(pc.stride, std::memory_order_relaxed) + pc.stride;
   clients[slot].admitted[c].fetch_add(1, std::memory_order_relaxed);
   const PoolHeader* rh = root->header;
@@ -479,8 +560,8 @@ AllocStatus BufferPool::State::admit(std::uint32_t c, Priority priority) noexcep
     st = AllocStatus::exhausted;
   else if ((rh->budget_bytes && b > rh->budget_bytes) || (rh->client_budget_bytes && cb > rh->client_budget_bytes))
     st = AllocStatus::over_budget;
-  else if (ext_index != 0 && rh->ext[ext_index].state.load(std::memory_order_seq_cst) != kExtActive)
-    st = AllocStatus::exhausted;  // the extension is being retired
+  else if (ext_index != 0 && rh->ext[ext_index].word.load(std::memory_order_seq_cst) != ext_word(ext_epoch, kExtActive))
+    st = AllocStatus::exhausted;  // this incarnation of the extension is being retired (or gone)
   if (st != AllocStatus::ok) {
     unadmit(c, pid, slot);
     return st;
@@ -564,6 +645,10 @@ void BufferPool::State::free_shared(std::uint32_t c, std::uint32_t i, std::uint6
 }
 
 void BufferPool::State::release_unreferenced(std::uint32_t c, std::uint32_t i, bool sole) noexcept {
+  if (c == kRegionClass) {
+    region_free(i, 0);
+    return;
+  }
   PoolDescriptor* d = desc(c, i);
   std::uint64_t st = d->state.load(std::memory_order_acquire);
   if (owner_of(st) == 0) return;
@@ -589,9 +674,144 @@ void BufferPool::State::release_unreferenced(std::uint32_t c, std::uint32_t i, b
   free_shared(c, i, st);
 }
 
+// ---- the large region (buddy / best fit) --------------------------------------------------------
+
+bool BufferPool::State::lock_region() noexcept {
+  LockResult r = region()->lock.lock();
+  if (r == LockResult::owner_died) {
+    rebuild_region();
+    region()->lock.mark_consistent();
+    return true;
+  }
+  return r == LockResult::acquired;
+}
+
+// The heads are authoritative; the used bitmap and count are derived (lock held).
+void BufferPool::State::rebuild_region() noexcept {
+  PoolRegion* r = region();
+  std::atomic<std::uint64_t>* used = used_bits();
+  for (std::uint32_t w = 0; w < (r->blocks + 63) / 64; ++w) used[w].store(0, std::memory_order_relaxed);
+  std::uint32_t total = 0;
+  for (std::uint32_t i = 0; i < r->blocks;) {
+    PoolDescriptor* d = desc(kRegionClass, i);
+    std::uint32_t run = d->run;
+    if (owner_of(d->state.load(std::memory_order_relaxed)) == 0 || run == 0 || run > r->blocks - i) {
+      ++i;
+      continue;
+    }
+    for (std::uint32_t k = i; k < i + run; ++k) used[k / 64].fetch_or(std::uint64_t{1} << (k % 64), std::memory_order_relaxed);
+    total += run;
+    i += run;
+  }
+  r->used_blocks.store(total, std::memory_order_relaxed);
+  log::warn("pool {}: a process died inside the large-region lock; rebuilt the region map ({} blocks in use)",
+            header->pool_id, total);
+}
+
+namespace {
+bool run_free(const std::atomic<std::uint64_t>* used, std::uint32_t start, std::uint32_t n) {
+  for (std::uint32_t k = start; k < start + n; ++k)
+    if (used[k / 64].load(std::memory_order_relaxed) & (std::uint64_t{1} << (k % 64))) return false;
+  return true;
+}
+}  // namespace
+
+AllocStatus BufferPool::State::region_alloc(std::size_t size, std::uint32_t* index) noexcept {
+  PoolRegion* r = region();
+  std::uint64_t n64 = (size + r->min_block - 1) / r->min_block;
+  if (n64 == 0) n64 = 1;
+  const bool buddy = r->strategy == static_cast<std::uint32_t>(LargeStrategy::buddy);
+  if (buddy) {  // round up to a power of two
+    std::uint64_t p2 = 1;
+    while (p2 < n64) p2 <<= 1;
+    n64 = p2;
+  }
+  if (n64 > r->blocks) return AllocStatus::too_large;
+  const auto n = static_cast<std::uint32_t>(n64);
+  int slot = client_slot();
+  if (slot < 0) return AllocStatus::no_client_slot;
+  if (!lock_region()) return AllocStatus::exhausted;
+  struct Unlock {
+    Mutex& m;
+    ~Unlock() { m.unlock(); }
+  } unlock{r->lock};
+  const std::atomic<std::uint64_t>* used = used_bits();
+  std::uint32_t found = UINT32_MAX;
+  if (buddy) {
+    for (std::uint32_t start = 0; start + n <= r->blocks; start += n)  // R1: aligned 2^k runs
+      if (run_free(used, start, n)) {
+        found = start;
+        break;
+      }
+  } else {
+    std::uint32_t best_len = UINT32_MAX;  // R1: the smallest free gap that fits
+    for (std::uint32_t i = 0; i < r->blocks;) {
+      if (!run_free(used, i, 1)) {
+        ++i;
+        continue;
+      }
+      std::uint32_t j = i;
+      while (j < r->blocks && run_free(used, j, 1)) ++j;
+      if (j - i >= n && j - i < best_len) {
+        best_len = j - i;
+        found = i;
+      }
+      i = j;
+    }
+  }
+  if (found == UINT32_MAX) return AllocStatus::exhausted;
+  const std::uint64_t bytes = std::uint64_t{n} * r->min_block;
+  const PoolHeader* rh = header;
+  std::uint64_t b = used_bytes() + bytes;
+  std::uint64_t cb = clients[slot].bytes.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+  if ((rh->budget_bytes && b > rh->budget_bytes) || (rh->client_budget_bytes && cb > rh->client_budget_bytes)) {
+    clients[slot].bytes.fetch_sub(bytes, std::memory_order_relaxed);
+    return AllocStatus::over_budget;
+  }
+  PoolDescriptor* d = desc(kRegionClass, found);
+  d->run = n;  // R2
+  std::uint64_t st = d->state.load(std::memory_order_relaxed);
+  d->state.store(make_state(pid, gen_of(st) + 1), std::memory_order_release);
+  std::atomic<std::uint64_t>* bits = used_bits();
+  for (std::uint32_t k = found; k < found + n; ++k)  // R3
+    bits[k / 64].fetch_or(std::uint64_t{1} << (k % 64), std::memory_order_relaxed);
+  std::uint32_t u = r->used_blocks.fetch_add(n, std::memory_order_relaxed) + n;
+  if (u > r->peak_blocks.load(std::memory_order_relaxed)) r->peak_blocks.store(u, std::memory_order_relaxed);
+  r->allocs.fetch_add(1, std::memory_order_relaxed);
+  *index = found;
+  return AllocStatus::ok;
+}
+
+// Frees the run headed at i (if only_owner != 0: only if that pid owns it).
+void BufferPool::State::region_free(std::uint32_t i, std::uint32_t only_owner) noexcept {
+  PoolRegion* r = region();
+  if (!lock_region()) return;
+  PoolDescriptor* d = desc(kRegionClass, i);
+  std::uint64_t st = d->state.load(std::memory_order_acquire);
+  const std::uint32_t owner = owner_of(st);
+  const std::uint32_t n = d->run;
+  if (owner == 0 || (only_owner && owner != only_owner) || n == 0 || n > r->blocks - i) {
+    r->lock.unlock();
+    return;
+  }
+  std::atomic<std::uint64_t>* bits = used_bits();
+  for (std::uint32_t k = i; k < i + n; ++k) bits[k / 64].fetch_and(~(std::uint64_t{1} << (k % 64)), std::memory_order_relaxed);
+  d->meta.store(0, std::memory_order_relaxed);
+  d->state.store(make_state(0, gen_of(st)), std::memory_order_release);
+  r->used_blocks.fetch_sub(n, std::memory_order_relaxed);
+  r->frees.fetch_add(1, std::memory_order_relaxed);
+  r->lock.unlock();
+  const std::uint64_t bytes = std::uint64_t{n} * r->min_block;
+  int slot = owner == pid && client >= 0 ? client : find_client(owner);
+  if (slot >= 0) clients[slot].bytes.fetch_sub(bytes, std::memory_order_relaxed);
+  if (root->header->alloc_waiters.load(std::memory_order_seq_cst) != 0) root->header->freed.notify();
+  root->check_pressure();
+}
+
 // ---- allocate -------------------------------------------------------------------------------
 
 void BufferPool::State::count_op(std::uint32_t c, bool alloc, bool failed) noexcept {
+  if (c >= pending.size()) return;  // the large region keeps its own counters
   Pending& p = pending[c];
   if (failed)
     ++p.failures;
@@ -645,7 +865,37 @@ Allocation BufferPool::allocate_impl(std::size_t size, Priority priority, std::u
   while (c < classes && s.classes[c].buffer_size < size) ++c;
   Allocation out;
   if (c == classes) {
-    out.status = AllocStatus::too_large;
+    if (!s.region()) {
+      out.status = AllocStatus::too_large;
+      return out;
+    }
+    std::uint32_t head = 0;
+    AllocStatus st = s.region_alloc(size, &head);
+    if (st == AllocStatus::exhausted && deadline_ns != 0) {
+      s.header->alloc_waiters.fetch_add(1, std::memory_order_seq_cst);
+      const auto deadline = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
+      for (;;) {
+        std::uint32_t seen = s.header->freed.value();
+        st = s.region_alloc(size, &head);
+        if (st != AllocStatus::exhausted) break;
+        if (detail::monotonic_ns() >= deadline_ns) {
+          st = AllocStatus::timed_out;
+          break;
+        }
+        s.header->freed.wait_until(seen, deadline);
+      }
+      s.header->alloc_waiters.fetch_sub(1, std::memory_order_relaxed);
+    }
+    if (st != AllocStatus::ok) {
+      s.region()->failures.fetch_add(1, std::memory_order_relaxed);
+      out.status = st;
+      return out;
+    }
+    PoolDescriptor* d = s.desc(kRegionClass, head);
+    d->holders[0].store(s.pid, std::memory_order_relaxed);  // A3
+    d->meta.store(static_cast<std::uint32_t>(std::min<std::size_t>(size, 0x7fffffff)), std::memory_order_relaxed);
+    BufferHandle h{s.header->pool_id, kRegionClass, 0, head, gen_of(d->state.load(std::memory_order_relaxed))};
+    out.buffer = Buffer(&s, h, s.data(kRegionClass, head), std::size_t{d->run} * s.region()->min_block);
     return out;
   }
   // Parts in order: the base pool, then active extensions; grow if allowed.
@@ -656,7 +906,7 @@ Allocation BufferPool::allocate_impl(std::size_t size, Priority priority, std::u
     AllocStatus st = s.try_alloc(c, priority, &index);
     if (st != AllocStatus::exhausted) return st;
     for (std::uint16_t i = 1; i <= s.header->max_extensions; ++i) {
-      if (s.header->ext[i].state.load(std::memory_order_acquire) != kExtActive) continue;
+      if (word_state(s.header->ext[i].word.load(std::memory_order_acquire)) != kExtActive) continue;
       State* p = s.part(i);
       if (!p) continue;
       AllocStatus pst = p->try_alloc(c, priority, &index);
@@ -716,13 +966,13 @@ bool BufferPool::State::lock_extensions() noexcept {
     // A grower or shrinker died mid-change: finish or undo its entry.
     for (std::uint32_t i = 1; i <= header->max_extensions; ++i) {
       auto& e = header->ext[i];
-      std::uint32_t st = e.state.load(std::memory_order_relaxed);
-      if (st == kExtCreating || st == kExtRetiring) {
+      std::uint64_t w = e.word.load(std::memory_order_relaxed);
+      if (word_state(w) == kExtCreating || word_state(w) == kExtRetiring) {
         try {
           Segment::unlink(ext_name(i), segment->domain());
         } catch (...) {
         }
-        e.state.store(kExtNone, std::memory_order_release);
+        e.word.store(ext_word(word_epoch(w), kExtNone), std::memory_order_release);
       }
     }
     header->ext_lock.mark_consistent();
@@ -736,22 +986,28 @@ BufferPool::State* BufferPool::State::part(std::uint16_t i) noexcept {
   if (i > header->max_extensions) return nullptr;
   if (exts.size() <= i) exts.resize(header->max_extensions + 1u);
   auto& e = header->ext[i];
-  std::uint64_t gen = e.generation.load(std::memory_order_acquire);
-  if (e.state.load(std::memory_order_acquire) != kExtActive) {
-    exts[i].reset();  // retired: nobody holds buffers in it (its claimed was 0)
-    return nullptr;
+  const std::uint64_t w = e.word.load(std::memory_order_acquire);
+  if (exts[i] && exts[i]->epoch != word_epoch(w)) {
+    // Another incarnation: the one we mapped was retired, so nobody holds a
+    // buffer in it (its claimed was 0 under the Dekker check of shrink()).
+    exts[i].reset();
   }
-  if (exts[i] && exts[i]->generation == gen) return exts[i]->part.get();
-  exts[i].reset();
+  // Retiring is only a window in shrink() (S1–S2); it reverts to active if
+  // anyone holds a buffer, so handles keep resolving. Allocation needs active
+  // (checked again at admission).
+  if (word_state(w) != kExtActive && word_state(w) != kExtRetiring) return nullptr;
+  if (exts[i]) return exts[i]->part.get();
+  const std::uint64_t gen = e.generation.load(std::memory_order_acquire);  // written before `w` went active
   try {
     auto ext = std::make_unique<Ext>(Ext{Segment::open(ext_name(i), {.read_only = false, .domain = segment->domain()}),
-                                         nullptr, gen});
+                                         nullptr, word_epoch(w)});
     if (ext->segment.generation() != gen) return nullptr;  // replaced meanwhile
     BufferPool opened = BufferPool::open(ext->segment, "pool");
     ext->part = std::move(opened.s_);
     ext->part->segment = &ext->segment;
     ext->part->root = this;
     ext->part->ext_index = i;
+    ext->part->ext_epoch = word_epoch(w);
     exts[i] = std::move(ext);
     return exts[i]->part.get();
   } catch (const std::exception& ex) {
@@ -768,16 +1024,17 @@ bool BufferPool::State::grow(std::uint32_t c) noexcept {
   } unlock{header->ext_lock};
   // G1: another process may have grown the pool while we waited for the lock.
   for (std::uint16_t i = 1; i <= header->max_extensions; ++i) {
-    if (header->ext[i].state.load(std::memory_order_acquire) != kExtActive) continue;
+    if (word_state(header->ext[i].word.load(std::memory_order_acquire)) != kExtActive) continue;
     State* p = part(i);
     if (p && p->classes[c].claimed.load(std::memory_order_acquire) < p->classes[c].count) return true;
   }
   std::uint16_t slot = 0;
   for (std::uint16_t i = 1; i <= header->max_extensions && !slot; ++i)
-    if (header->ext[i].state.load(std::memory_order_acquire) == kExtNone) slot = i;
+    if (word_state(header->ext[i].word.load(std::memory_order_acquire)) == kExtNone) slot = i;
   if (!slot) return false;
   auto& e = header->ext[slot];
-  e.state.store(kExtCreating, std::memory_order_release);  // G2
+  const std::uint32_t epoch = word_epoch(e.word.load(std::memory_order_relaxed)) + 1;
+  e.word.store(ext_word(epoch, kExtCreating), std::memory_order_release);  // G2
   e.creator = pid;
   try {
     struct stat st{};
@@ -794,14 +1051,15 @@ bool BufferPool::State::grow(std::uint32_t c) noexcept {
     BufferPool made = BufferPool::create(ext->segment, "pool", ext_config);
     made.s_->header->pool_id = header->pool_id;  // handles name the whole pool
     made.s_->header->extension_index = slot;
-    ext->generation = ext->segment.generation();
+    ext->epoch = epoch;
     ext->part = std::move(made.s_);
     ext->part->segment = &ext->segment;
     ext->part->root = this;
     ext->part->ext_index = slot;
-    e.generation.store(ext->generation, std::memory_order_release);
+    ext->part->ext_epoch = epoch;
+    e.generation.store(ext->segment.generation(), std::memory_order_release);
     e.empty_since_ns.store(0, std::memory_order_relaxed);
-    e.state.store(kExtActive, std::memory_order_release);  // G4
+    e.word.store(ext_word(epoch, kExtActive), std::memory_order_release);  // G4
     if (exts.size() <= slot) exts.resize(header->max_extensions + 1u);
     exts[slot] = std::move(ext);
     log::info("pool {}: grew by extension {} ({})", header->pool_id, slot, ext_name(slot));
@@ -812,7 +1070,7 @@ bool BufferPool::State::grow(std::uint32_t c) noexcept {
       Segment::unlink(ext_name(slot), segment->domain());
     } catch (...) {
     }
-    e.state.store(kExtNone, std::memory_order_release);
+    e.word.store(ext_word(epoch, kExtNone), std::memory_order_release);
     return false;
   }
 }
@@ -822,12 +1080,9 @@ std::uint32_t BufferPool::State::shrink() noexcept {
   const std::uint64_t now = detail::monotonic_ns();
   for (std::uint16_t i = 1; i <= header->max_extensions; ++i) {
     auto& e = header->ext[i];
-    if (e.state.load(std::memory_order_acquire) != kExtActive) {
-      part(i);  // drops a stale mapping
-      continue;
-    }
-    State* p = part(i);
+    State* p = part(i);  // also drops a stale mapping
     if (!p) continue;
+    const std::uint64_t active = ext_word(p->ext_epoch, kExtActive);
     auto empty = [&] {
       for (std::uint32_t c = 0; c < p->header->class_count; ++c)
         if (p->classes[c].claimed.load(std::memory_order_seq_cst) != 0) return false;
@@ -845,10 +1100,10 @@ std::uint32_t BufferPool::State::shrink() noexcept {
     }
     if (now - since < header->shrink_delay_ns) continue;
     if (!lock_extensions()) continue;
-    std::uint32_t active = kExtActive;
-    if (e.state.compare_exchange_strong(active, kExtRetiring, std::memory_order_seq_cst)) {  // S1
-      if (!empty()) {                                                                       // S2
-        e.state.store(kExtActive, std::memory_order_seq_cst);
+    std::uint64_t expected = active;
+    if (e.word.compare_exchange_strong(expected, ext_word(p->ext_epoch, kExtRetiring), std::memory_order_seq_cst)) {  // S1
+      if (!empty()) {                                                                                                // S2
+        e.word.store(active, std::memory_order_seq_cst);
       } else {
         exts[i].reset();
         try {
@@ -856,7 +1111,7 @@ std::uint32_t BufferPool::State::shrink() noexcept {
         } catch (...) {
         }
         e.empty_since_ns.store(0, std::memory_order_relaxed);
-        e.state.store(kExtNone, std::memory_order_release);
+        e.word.store(ext_word(word_epoch(active), kExtNone), std::memory_order_release);
         ++released;
         log::info("pool {}: released empty extension {}", header->pool_id, i);
       }
@@ -869,7 +1124,7 @@ std::uint32_t BufferPool::State::shrink() noexcept {
 std::uint32_t BufferPool::extensions() const noexcept {
   std::uint32_t n = 0;
   for (std::uint32_t i = 1; i <= s_->header->max_extensions; ++i)
-    n += s_->header->ext[i].state.load(std::memory_order_relaxed) == kExtActive;
+    n += word_state(s_->header->ext[i].word.load(std::memory_order_relaxed)) == kExtActive;
   return n;
 }
 
@@ -883,8 +1138,13 @@ PoolDescriptor* BufferPool::State::check(const BufferHandle& h, HandleStatus* st
     return nullptr;
   };
   if (h.pool_id != header->pool_id || h.extension != ext_index) return fail(HandleStatus::foreign_pool);
-  if (h.size_class >= header->class_count) return fail(HandleStatus::bad_class);
-  if (h.index >= classes[h.size_class].count) return fail(HandleStatus::bad_index);
+  if (h.size_class == kRegionClass) {
+    if (!region()) return fail(HandleStatus::bad_class);
+    if (h.index >= region()->blocks) return fail(HandleStatus::bad_index);
+  } else {
+    if (h.size_class >= header->class_count) return fail(HandleStatus::bad_class);
+    if (h.index >= classes[h.size_class].count) return fail(HandleStatus::bad_index);
+  }
   PoolDescriptor* d = desc(h.size_class, h.index);
   std::uint64_t st = d->state.load(std::memory_order_acquire);
   if (owner_of(st) == 0 || gen_of(st) != h.generation || (d->meta.load(std::memory_order_relaxed) & kCachedBit))
@@ -1004,7 +1264,9 @@ std::optional<Buffer> BufferPool::adopt(const BufferHandle& h, std::uint32_t fro
   HandleStatus st = s.client_slot() < 0 ? HandleStatus::too_many_holders : transfer(h, from_holder, s.pid);
   if (status) *status = st;
   if (st != HandleStatus::ok) return std::nullopt;
-  return Buffer(&s, h, s.data(h.size_class, h.index), s.classes[h.size_class].buffer_size);
+  std::size_t capacity = h.size_class == kRegionClass ? std::size_t{s.desc(kRegionClass, h.index)->run} * s.region()->min_block
+                                                      : s.classes[h.size_class].buffer_size;
+  return Buffer(&s, h, s.data(h.size_class, h.index), capacity);
 }
 
 std::uint32_t BufferPool::holders(const BufferHandle& h) const noexcept {
@@ -1050,6 +1312,22 @@ std::uint32_t BufferPool::State::reclaim(std::uint32_t dead) noexcept {
         st = d->state.load(std::memory_order_acquire);
       }
       if (owner_of(st) == dead) ++still_held[c];
+    }
+  }
+  if (PoolRegion* r = region()) {
+    for (std::uint32_t i = 0; i < r->blocks; ++i) {
+      PoolDescriptor* d = desc(kRegionClass, i);
+      bool removed = false;
+      for (auto& slot : d->holders) {
+        std::uint32_t expected = dead;
+        if (slot.load(std::memory_order_relaxed) == dead)
+          removed |= slot.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+      }
+      std::uint32_t owner = owner_of(d->state.load(std::memory_order_acquire));
+      if (owner != 0 && (owner == dead || removed) && all_holders_zero(d)) {
+        region_free(i, owner);
+        ++freed;
+      }
     }
   }
   // Admissions the dead client made that own no buffer any more: those that
@@ -1109,6 +1387,15 @@ std::vector<BufferHandle> BufferPool::held_by(std::uint32_t pid) const {
       if (held) out.push_back(BufferHandle{s.header->pool_id, static_cast<std::uint16_t>(c), part, i, gen_of(st)});
     }
   }
+  if (PoolRegion* r = s_->region())
+    for (std::uint32_t i = 0; i < r->blocks; ++i) {
+      PoolDescriptor* d = s_->desc(kRegionClass, i);
+      std::uint64_t st = d->state.load(std::memory_order_acquire);
+      if (owner_of(st) == 0) continue;
+      bool held = owner_of(st) == pid;
+      for (const auto& slot : d->holders) held |= slot.load(std::memory_order_relaxed) == pid;
+      if (held) out.push_back(BufferHandle{s_->header->pool_id, kRegionClass, 0, i, gen_of(st)});
+    }
   return out;
 }
 
@@ -1117,7 +1404,7 @@ std::vector<BufferHandle> BufferPool::held_by(std::uint32_t pid) const {
 PressureLevel BufferPool::pressure() const noexcept {
   const PoolHeader* h = s_->header;
   double cap = static_cast<double>(h->budget_bytes ? h->budget_bytes : h->capacity_bytes);
-  double used = static_cast<double>(h->claimed_bytes.load(std::memory_order_relaxed));
+  double used = static_cast<double>(s_->used_bytes());
   double u = cap > 0 ? used / cap : 0;
   PressureLevel l = PressureLevel::none;
   for (int i = 0; i < 4; ++i)
@@ -1129,7 +1416,7 @@ void BufferPool::State::check_pressure() noexcept {
   if (handlers.empty()) return;
   const PoolHeader* h = header;
   double cap = static_cast<double>(h->budget_bytes ? h->budget_bytes : h->capacity_bytes);
-  double u = cap > 0 ? static_cast<double>(h->claimed_bytes.load(std::memory_order_relaxed)) / cap : 0;
+  double u = cap > 0 ? static_cast<double>(used_bytes()) / cap : 0;
   PressureLevel now = PressureLevel::none;
   for (int i = 0; i < 4; ++i)
     if (u >= kPressureThresholds[i]) now = static_cast<PressureLevel>(i + 1);
@@ -1162,7 +1449,7 @@ PoolStats BufferPool::stats() const {
   out.name = name_;
   out.pool_id = s.header->pool_id;
   out.capacity_bytes = s.header->capacity_bytes;
-  out.claimed_bytes = s.header->claimed_bytes.load(std::memory_order_relaxed);
+  out.claimed_bytes = s.used_bytes();
   out.pressure = pressure();
   std::uint64_t requested = 0, owned_bytes = 0;
   for (std::uint32_t c = 0; c < s.header->class_count; ++c) {
@@ -1186,6 +1473,23 @@ PoolStats BufferPool::stats() const {
         requested += meta;
         owned_bytes += pc.stride;
       }
+    }
+    out.classes.push_back(cs);
+  }
+  if (PoolRegion* r = s.region()) {  // the large region, as one more "class" of min-blocks
+    ClassStats cs;
+    cs.buffer_size = r->min_block;
+    cs.capacity = r->blocks;
+    cs.in_use = r->used_blocks.load(std::memory_order_relaxed);
+    cs.peak = r->peak_blocks.load(std::memory_order_relaxed);
+    cs.allocs = r->allocs.load(std::memory_order_relaxed);
+    cs.frees = r->frees.load(std::memory_order_relaxed);
+    cs.failures = r->failures.load(std::memory_order_relaxed);
+    for (std::uint32_t i = 0; i < r->blocks; ++i) {
+      PoolDescriptor* d = s.desc(kRegionClass, i);
+      if (owner_of(d->state.load(std::memory_order_relaxed)) == 0) continue;
+      requested += d->meta.load(std::memory_order_relaxed) & ~kCachedBit;
+      owned_bytes += std::uint64_t{d->run} * r->min_block;
     }
     out.classes.push_back(cs);
   }

@@ -90,6 +90,20 @@
 // on the `freed` Event until a buffer is freed or the timeout passes), or
 // grow: add an extension segment holding another full set of buffers.
 //
+// Large buffers (LargeStrategy buddy / best_fit). One region of min-blocks
+// with one descriptor per block; the descriptor of a run's first block (its
+// head: owner, generation, run length) is the only authoritative record. The
+// used-block bitmap is derived from the heads and changed only under the
+// region's robust mutex:
+//   R1 lock; find a run (buddy: aligned 2^k; best fit: smallest gap);
+//   R2 head.run = n, head.state = (me, g+1); R3 set the run's bits; unlock.
+//   free: lock; clear the bits; head.state = (0, g); unlock.
+// A death inside the lock: the next locker gets owner_died and rebuilds the
+// bitmap and the used count from the heads. Handles of region buffers have
+// size_class == kRegionClass and index == head block; holders, retain,
+// release, transfer and reclaim work as for slab buffers. The region belongs
+// to the base pool (extensions have none) and has no per-handle cache.
+//
 // Growth. An extension is a segment of its own, named
 // "<segment>-px<pool id>-<i>", holding a pool object with the same classes
 // (no per-handle caches, so an idle extension is really empty). The base
@@ -156,6 +170,14 @@ enum class Priority : std::uint8_t { normal, high };
 
 enum class ExhaustionPolicy : std::uint8_t { fail, wait, grow };
 
+// How a pool serves sizes above its largest slab class (or all sizes, if it
+// has no slab classes): from one region of min-blocks, under a robust mutex.
+//   buddy:    runs of 2^k min-blocks aligned to 2^k (power-of-two sizes,
+//             buddies coalesce implicitly: free space is derived, see below)
+//   best_fit: runs of exactly ceil(size / min_block) blocks, taken from the
+//             smallest free gap that fits
+enum class LargeStrategy : std::uint8_t { none, buddy, best_fit };
+
 // Utilisation thresholds (bytes claimed / capacity or budget).
 enum class PressureLevel : std::uint8_t { none, low, medium, high, critical };
 const char* to_string(PressureLevel l) noexcept;
@@ -170,6 +192,9 @@ struct PoolConfig {
   std::uint64_t budget_bytes = 0;         // pool-wide cap on bytes claimed (0 = capacity)
   std::uint64_t client_budget_bytes = 0;  // per-process cap (0 = none)
   std::uint32_t cache_per_class = 8;      // per-handle cache (0 = off)
+  LargeStrategy large_strategy = LargeStrategy::none;
+  std::size_t large_region_bytes = 0;     // size of the region for large buffers
+  std::size_t large_min_block = 4096;     // its granularity (a power of two >= 64)
   std::uint32_t max_extensions = 0;       // ExhaustionPolicy::grow: up to this many extension segments
   std::chrono::milliseconds shrink_delay{1000};  // an extension empty this long is released by shrink()
 };
@@ -248,6 +273,7 @@ class BufferPool {
   static constexpr int kMaxHolders = 10;
   static constexpr int kMaxClients = 64;
   static constexpr int kMaxClasses = 32;
+  static constexpr std::uint16_t kRegionClass = 0xffff;  // BufferHandle::size_class of large-region buffers
 
   // Creates the pool object `name` in `segment` (throws already_exists,
   // no_space with the bytes needed, invalid_argument for a bad config).
