@@ -94,7 +94,18 @@ struct alignas(kLine) PoolClient {
   std::atomic<std::uint64_t> token;
   std::atomic<std::uint64_t> bytes;                           // admitted bytes
   std::atomic<std::uint32_t> admitted[BufferPool::kMaxClasses];  // A1 admissions per class, not yet freed
+  // The counter operation this process is in the middle of (plain stores to
+  // its own slot; read by reclaim() only after the process died):
+  // kind (none / admit / free), counter steps done, class, buffer index, and
+  // for a free the descriptor word (owner | generation) it started from.
+  std::atomic<std::uint32_t> op_kind;
+  std::atomic<std::uint32_t> op_class;
+  std::atomic<std::uint32_t> op_index;
+  std::atomic<std::uint64_t> op_state;
 };
+// kOpFree: dropping a reference of descriptor (op_class, op_index) whose
+// word was op_state; the buffer is not freed yet.
+enum : std::uint32_t { kOpNone = 0, kOpFree = 1 };
 static_assert(sizeof(PoolClient) == 192);
 
 struct PoolDescriptor {
@@ -168,9 +179,10 @@ struct BufferPool::State {
   }
   // Bytes in use in the whole pool: slab admissions + the region's used blocks.
   std::uint64_t used_bytes() const noexcept {
-    std::uint64_t b = header->claimed_bytes.load(std::memory_order_acquire);
-    if (PoolRegion* r = region()) b += std::uint64_t{r->used_blocks.load(std::memory_order_relaxed)} * r->min_block;
-    return b;
+    auto b = static_cast<std::int64_t>(header->claimed_bytes.load(std::memory_order_acquire));
+    if (b < 0) b = 0;  // transient drift below zero between recounts
+    if (PoolRegion* r = region()) b += std::int64_t{r->used_blocks.load(std::memory_order_relaxed)} * static_cast<std::int64_t>(r->min_block);
+    return static_cast<std::uint64_t>(b);
   }
   bool lock_region() noexcept;
   void rebuild_region() noexcept;
@@ -182,6 +194,12 @@ struct BufferPool::State {
   int client_slot() noexcept;
   AllocStatus admit(std::uint32_t c, Priority priority) noexcept;
   void unadmit(std::uint32_t c, std::uint32_t owner_pid, int owner_slot) noexcept;
+  void begin_free(std::uint32_t c, std::uint32_t i, std::uint64_t state) noexcept;
+  void end_op() noexcept;
+  void finish_dead_op(PoolClient& dead) noexcept;
+  // Sets this part's class `claimed` and its clients' admitted[] from the
+  // descriptors; adds slab bytes per owner pid to `bytes`. Returns slab bytes.
+  std::uint64_t recount_part(std::vector<std::pair<std::uint32_t, std::uint64_t>>& bytes) noexcept;
   bool claim_descriptor(std::uint32_t c, std::uint32_t* index) noexcept;
   AllocStatus claim_shared(std::uint32_t c, Priority priority, std::uint32_t* index) noexcept;
   void free_shared(std::uint32_t c, std::uint32_t i, std::uint64_t state) noexcept;
@@ -549,16 +567,19 @@ AllocStatus BufferPool::State::admit(std::uint32_t c, Priority priority) noexcep
   int root_slot = root == this ? slot : root->client_slot();
   if (root_slot < 0) return AllocStatus::no_client_slot;
   // seq_cst: half of the Dekker pair with shrink()'s retiring check (S1/S2).
-  std::uint32_t n = pc.claimed.fetch_add(1, std::memory_order_seq_cst) + 1;  // A1
-  std::uint64_t b = root->header->claimed_bytes.fetch_add(pc.stride, std::memory_order_acq_rel) + pc.stride;
-  if (PoolRegion* r = root->region()) b += std::uint64_t{r->used_blocks.load(std::memory_order_relaxed)} * r->min_block;
-  std::uint64_t cb = root->clients[root_slot].bytes.fetch_add(pc.stride, std::memory_order_relaxed) + pc.stride;
+  // Counters are compared as signed: a transient drift below zero (see
+  // recount()) must never look like a full pool.
+  const auto n = static_cast<std::int32_t>(pc.claimed.fetch_add(1, std::memory_order_seq_cst) + 1);  // A1
+  std::int64_t b = static_cast<std::int64_t>(root->header->claimed_bytes.fetch_add(pc.stride, std::memory_order_acq_rel) + pc.stride);
+  if (PoolRegion* r = root->region()) b += std::int64_t{r->used_blocks.load(std::memory_order_relaxed)} * static_cast<std::int64_t>(r->min_block);
+  const auto cb = static_cast<std::int64_t>(root->clients[root_slot].bytes.fetch_add(pc.stride, std::memory_order_relaxed) + pc.stride);
   clients[slot].admitted[c].fetch_add(1, std::memory_order_relaxed);
   const PoolHeader* rh = root->header;
   AllocStatus st = AllocStatus::ok;
-  if (n > limit)
+  if (n > static_cast<std::int32_t>(limit))
     st = AllocStatus::exhausted;
-  else if ((rh->budget_bytes && b > rh->budget_bytes) || (rh->client_budget_bytes && cb > rh->client_budget_bytes))
+  else if ((rh->budget_bytes && b > static_cast<std::int64_t>(rh->budget_bytes)) ||
+           (rh->client_budget_bytes && cb > static_cast<std::int64_t>(rh->client_budget_bytes)))
     st = AllocStatus::over_budget;
   else if (ext_index != 0 && rh->ext[ext_index].word.load(std::memory_order_seq_cst) != ext_word(ext_epoch, kExtActive))
     st = AllocStatus::exhausted;  // this incarnation of the extension is being retired (or gone)
@@ -567,7 +588,8 @@ AllocStatus BufferPool::State::admit(std::uint32_t c, Priority priority) noexcep
     return st;
   }
   std::uint32_t peak = pc.peak.load(std::memory_order_relaxed);
-  while (n > peak && !pc.peak.compare_exchange_weak(peak, n, std::memory_order_relaxed)) {
+  while (n > static_cast<std::int32_t>(peak) &&
+         !pc.peak.compare_exchange_weak(peak, static_cast<std::uint32_t>(n), std::memory_order_relaxed)) {
   }
   return st;
 }
@@ -580,6 +602,41 @@ void BufferPool::State::unadmit(std::uint32_t c, std::uint32_t owner_pid, int ow
   if (owner_slot >= 0) clients[owner_slot].admitted[c].fetch_sub(1, std::memory_order_relaxed);
   int root_slot = root == this ? owner_slot : root->find_client(owner_pid);
   if (root_slot >= 0) root->clients[root_slot].bytes.fetch_sub(pc.stride, std::memory_order_relaxed);
+}
+
+void BufferPool::State::begin_free(std::uint32_t c, std::uint32_t i, std::uint64_t state) noexcept {
+  if (client < 0) return;
+  PoolClient& me = clients[client];
+  me.op_class.store(c, std::memory_order_relaxed);
+  me.op_index.store(i, std::memory_order_relaxed);
+  me.op_state.store(state, std::memory_order_relaxed);
+  me.op_kind.store(kOpFree, std::memory_order_relaxed);
+}
+
+void BufferPool::State::end_op() noexcept {
+  if (client >= 0) clients[client].op_kind.store(kOpNone, std::memory_order_relaxed);
+}
+
+// reclaim(): a dead process that had dropped the last reference of a buffer
+// but not freed it yet (kOpFree with the descriptor unchanged since) would
+// leave the buffer orphaned: free it. Counters are recounted afterwards.
+void BufferPool::State::finish_dead_op(PoolClient& dead) noexcept {
+  if (dead.op_kind.load(std::memory_order_relaxed) != kOpFree) return;
+  const std::uint32_t c = dead.op_class.load(std::memory_order_relaxed);
+  const std::uint32_t i = dead.op_index.load(std::memory_order_relaxed);
+  const std::uint64_t before = dead.op_state.load(std::memory_order_relaxed);
+  dead.op_kind.store(kOpNone, std::memory_order_relaxed);
+  const bool region_buffer = c == kRegionClass;
+  if (!(region_buffer ? region() && i < region()->blocks : c < header->class_count && i < classes[c].count)) return;
+  PoolDescriptor* d = desc(c, i);
+  std::uint64_t now = d->state.load(std::memory_order_acquire);
+  if (now != before || !all_holders_zero(d) || (d->meta.load(std::memory_order_relaxed) & kCachedBit)) return;
+  if (region_buffer) {
+    region_free(i, owner_of(before));
+  } else if (d->state.compare_exchange_strong(now, make_state(0, gen_of(now)), std::memory_order_acq_rel)) {
+    d->meta.store(0, std::memory_order_relaxed);
+    bitmap(c)[i / 64].fetch_or(std::uint64_t{1} << (i % 64), std::memory_order_acq_rel);
+  }
 }
 
 bool BufferPool::State::claim_descriptor(std::uint32_t c, std::uint32_t* index) noexcept {
@@ -633,12 +690,16 @@ AllocStatus BufferPool::State::claim_shared(std::uint32_t c, Priority priority, 
 
 void BufferPool::State::free_shared(std::uint32_t c, std::uint32_t i, std::uint64_t state) noexcept {
   PoolDescriptor* d = desc(c, i);
+  begin_free(c, i, state);
   d->meta.store(0, std::memory_order_relaxed);
-  if (!d->state.compare_exchange_strong(state, make_state(0, gen_of(state)), std::memory_order_acq_rel))  // F1
+  if (!d->state.compare_exchange_strong(state, make_state(0, gen_of(state)), std::memory_order_acq_rel)) {  // F1
+    end_op();
     return;  // somebody else freed or cached it
+  }
+  end_op();  // freed: no longer an orphan risk
   bitmap(c)[i / 64].fetch_or(std::uint64_t{1} << (i % 64), std::memory_order_acq_rel);  // F2
   const std::uint32_t owner = owner_of(state);
-  unadmit(c, owner, owner == pid ? client : -1);                                          // F3
+  unadmit(c, owner, owner == pid ? client : -1);  // F3
   // F4: SYNC POINT with the waiter's alloc_waiters++ before its re-check.
   if (root->header->alloc_waiters.load(std::memory_order_seq_cst) != 0) root->header->freed.notify();
   root->check_pressure();
@@ -659,6 +720,9 @@ void BufferPool::State::release_unreferenced(std::uint32_t c, std::uint32_t i, b
   if (owner_of(st) == pid && cache.size() < header->cache_per_class &&
       pc.claimed.load(std::memory_order_relaxed) * 2 < pc.count) {
     const std::uint64_t next = make_state(pid, gen_of(st) + 1);
+    // We own it: if we die from here on, reclaim(us) frees it as ours, so
+    // the pending-free record must not also account for it.
+    end_op();
     // The sole holder of its own buffer races with nobody (only holders can
     // release, and only the dead are reclaimed): a plain store suffices.
     // Otherwise another last-holder may be freeing it: CAS, one wins.
@@ -1207,6 +1271,10 @@ BufferPool::HandleStatus BufferPool::retain(const BufferHandle& h, std::uint32_t
 
 BufferPool::HandleStatus BufferPool::State::drop(PoolDescriptor* d, const BufferHandle& h,
                                                  std::uint32_t holder) noexcept {
+  // A death after our slot is dropped and before the buffer is freed would
+  // orphan it: record the pending free first (see finish_dead_op).
+  if (client < 0) client_slot();
+  begin_free(h.size_class, h.index, d->state.load(std::memory_order_acquire));
   // Common case first: the allocator is the only holder (slot 0).
   if (d->holders[0].load(std::memory_order_acquire) == holder) {
     std::uint32_t others = 0;
@@ -1214,6 +1282,7 @@ BufferPool::HandleStatus BufferPool::State::drop(PoolDescriptor* d, const Buffer
     if (others == 0) {
       d->holders[0].store(0, std::memory_order_relaxed);
       release_unreferenced(h.size_class, h.index, true);
+      end_op();
       count_op(h.size_class, false, false);
       return HandleStatus::ok;
     }
@@ -1228,11 +1297,15 @@ BufferPool::HandleStatus BufferPool::State::drop(PoolDescriptor* d, const Buffer
     else if (v != 0)
       others = true;
   }
-  if (mine < 0) return HandleStatus::not_held;
+  if (mine < 0) {
+    end_op();
+    return HandleStatus::not_held;
+  }
   if (!others) {
     // Sole holder: nobody else can add or drop a reference concurrently.
     d->holders[mine].store(0, std::memory_order_relaxed);
     release_unreferenced(h.size_class, h.index, true);
+    end_op();
     count_op(h.size_class, false, false);
     return HandleStatus::ok;
   }
@@ -1247,6 +1320,7 @@ BufferPool::HandleStatus BufferPool::State::drop(PoolDescriptor* d, const Buffer
     release_unreferenced(h.size_class, h.index, false);
     count_op(h.size_class, false, false);
   }
+  end_op();
   return HandleStatus::ok;
 }
 
@@ -1317,6 +1391,7 @@ std::uint32_t BufferPool::holders(const BufferHandle& h) const noexcept {
 std::uint32_t BufferPool::State::reclaim(std::uint32_t dead) noexcept {
   if (dead == 0) return 0;
   const int dead_slot = find_client(dead);
+  if (dead_slot >= 0) finish_dead_op(clients[dead_slot]);  // first: it may free a buffer or fix counters
   std::uint32_t freed = 0;
   std::uint32_t still_held[kMaxClasses] = {};  // buffers the dead pid owns that others still hold
   for (std::uint32_t c = 0; c < header->class_count; ++c) {
@@ -1384,11 +1459,75 @@ std::uint32_t BufferPool::State::reclaim(std::uint32_t dead) noexcept {
   return freed;
 }
 
+namespace {
+void add_bytes(std::vector<std::pair<std::uint32_t, std::uint64_t>>& bytes, std::uint32_t pid, std::uint64_t n) {
+  for (auto& [p, b] : bytes)
+    if (p == pid) {
+      b += n;
+      return;
+    }
+  bytes.emplace_back(pid, n);
+}
+}  // namespace
+
+std::uint64_t BufferPool::State::recount_part(std::vector<std::pair<std::uint32_t, std::uint64_t>>& bytes) noexcept {
+  std::uint64_t total = 0;
+  for (std::uint32_t c = 0; c < header->class_count; ++c) {
+    PoolClass& pc = classes[c];
+    std::uint32_t owned = 0;
+    std::vector<std::pair<std::uint32_t, std::uint64_t>> per_pid;
+    for (std::uint32_t i = 0; i < pc.count; ++i) {
+      std::uint32_t owner = owner_of(desc(c, i)->state.load(std::memory_order_acquire));
+      if (owner == 0) continue;
+      ++owned;
+      add_bytes(per_pid, owner, 1);
+      add_bytes(bytes, owner, pc.stride);
+    }
+    pc.claimed.store(owned, std::memory_order_release);
+    total += std::uint64_t{owned} * pc.stride;
+    for (int k = 0; k < kMaxClients; ++k) {
+      std::uint32_t p = clients[k].pid.load(std::memory_order_acquire);
+      std::uint64_t n = 0;
+      for (auto& [q, cnt] : per_pid)
+        if (q == p) n = cnt;
+      clients[k].admitted[c].store(p ? static_cast<std::uint32_t>(n) : 0, std::memory_order_relaxed);
+    }
+  }
+  return total;
+}
+
+// Counters from the descriptors, which are authoritative. Exact when no
+// allocation or free runs meanwhile; otherwise off by at most the operations
+// in flight, which later frees/reclaims absorb (counters are read as signed).
+void BufferPool::recount() noexcept {
+  State& s = *s_;
+  std::vector<std::pair<std::uint32_t, std::uint64_t>> bytes;
+  std::uint64_t total = 0;
+  for (std::uint16_t i = 0; i <= s.header->max_extensions; ++i)
+    if (State* p = s.part(i)) total += p->recount_part(bytes);
+  s.header->claimed_bytes.store(total, std::memory_order_release);
+  if (PoolRegion* r = s.region())
+    for (std::uint32_t i = 0; i < r->blocks; ++i) {
+      PoolDescriptor* d = s.desc(kRegionClass, i);
+      std::uint32_t owner = owner_of(d->state.load(std::memory_order_acquire));
+      if (owner) add_bytes(bytes, owner, std::uint64_t{d->run} * r->min_block);
+    }
+  for (int k = 0; k < kMaxClients; ++k) {
+    std::uint32_t p = s.clients[k].pid.load(std::memory_order_acquire);
+    std::uint64_t n = 0;
+    for (auto& [q, b] : bytes)
+      if (q == p) n = b;
+    s.clients[k].bytes.store(p ? n : 0, std::memory_order_relaxed);
+  }
+}
+
 std::uint32_t BufferPool::reclaim(std::uint32_t pid) noexcept {
   std::uint32_t n = 0;
   for (std::uint16_t i = 1; i <= s_->header->max_extensions; ++i)
     if (State* p = s_->part(i)) n += p->reclaim(pid);
-  return n + s_->reclaim(pid);  // the base last: it owns the client's byte count
+  n += s_->reclaim(pid);  // the base last: it owns the client's byte count
+  recount();
+  return n;
 }
 
 std::uint32_t BufferPool::reclaim_dead() noexcept {
@@ -1401,6 +1540,7 @@ std::uint32_t BufferPool::reclaim_dead() noexcept {
         detail::Liveness::dead)
       total += reclaim(p);
   }
+  recount();
   return total;
 }
 

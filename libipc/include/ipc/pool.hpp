@@ -81,10 +81,21 @@
 // A handle is per process: after fork() the child opens its own.
 //
 // Accounting: per class `claimed` (admissions, see A1), pool `claimed_bytes`,
-// and per client slot {buffers, bytes} are adjusted at claim and free. A
-// client slot is registered (pid + start time) before the process's first
-// claim; reclaim(pid) subtracts what the dead client still had admitted,
-// so the counters come out exact even for a death between A1 and A2.
+// and per client slot {admitted per class, bytes} are separate atomics,
+// adjusted at admission and free. A process killed between two of those
+// updates leaves them out of step (no per-process record can close the gap
+// between an RMW and the record of it). So the counters are only a fast
+// estimate: the descriptors are authoritative, and reclaim(pid) /
+// reclaim_dead() / recount() recompute every counter from them — exact when
+// no allocation or free runs meanwhile, otherwise off by at most the
+// operations in flight. Counters are compared as signed values, so a drift
+// below zero can never make a pool look full.
+// One record does matter for correctness: a holder that drops the last
+// reference and is killed before freeing would orphan the buffer (its
+// owner, if alive, never frees it). So drop() first writes {class, index,
+// descriptor word} to its client slot (kOpFree) and clears it after the
+// free; reclaim() frees a buffer whose descriptor still has that word and no
+// holders.
 //
 // Exhaustion policy per pool: fail (return exhausted at once), wait (sleep
 // on the `freed` Event until a buffer is freed or the timeout passes), or
@@ -322,6 +333,9 @@ class BufferPool {
   std::uint32_t reclaim(std::uint32_t pid) noexcept;
   // reclaim() for every owner/holder that is provably dead (pid + start time).
   std::uint32_t reclaim_dead() noexcept;
+  // Recomputes every counter from the descriptors (reclaim does it too).
+  // Exact when nothing allocates or frees meanwhile.
+  void recount() noexcept;
   // Full scan: buffers owned or held by `pid` right now.
   std::vector<BufferHandle> held_by(std::uint32_t pid) const;
 
