@@ -71,8 +71,11 @@
 // buffers per class that it claimed but does not use (cached = 1, still owned
 // by this pid, so reclaim returns them if the process dies). An allocation
 // from the cache touches only the buffer's own descriptor line: this is what
-// makes alloc+free cheaper than malloc (NOTES §8: a shared free list alone is
-// ~12 ns vs malloc's ~6-11 ns). The cache is flushed when the handle closes.
+// is meant to make alloc+free approach malloc (NOTES §8: a shared free list
+// alone is ~12 ns vs malloc's ~6-11 ns; measured: see docs/architecture.md).
+// A freed buffer is kept in the cache only while its class is less than half
+// used, so idle caches cannot starve other processes. The cache is flushed
+// when the handle closes.
 //
 // Concurrency: the shared pool takes any number of processes and threads. A
 // BufferPool *handle* is not thread-safe (its cache is unsynchronised):
@@ -289,7 +292,8 @@ class BufferPool {
   // Creates the pool object `name` in `segment` (throws already_exists,
   // no_space with the bytes needed, invalid_argument for a bad config).
   static BufferPool create(Segment& segment, std::string_view name, const PoolConfig& config = {});
-  // Opens an existing pool (throws not_found, or corrupted for a bad header).
+  // Opens an existing pool. Throws not_found, bad_magic (not an initialised
+  // pool), version_mismatch, or corrupted (inconsistent header fields).
   static BufferPool open(Segment& segment, std::string_view name);
   // Bytes a pool object with this config needs in its segment.
   static std::size_t bytes_needed(const PoolConfig& config);
