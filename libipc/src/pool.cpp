@@ -228,6 +228,25 @@ bool all_holders_zero(const PoolDescriptor* d) {
     if (h.load(std::memory_order_acquire) != 0) return false;
   return true;
 }
+
+// Removes every reference `pid` holds on d; true if it held any.
+bool drop_all_references(PoolDescriptor* d, std::uint32_t pid) {
+  bool removed = false;
+  for (auto& slot : d->holders) {
+    std::uint32_t expected = pid;
+    if (slot.load(std::memory_order_relaxed) == pid)
+      removed |= slot.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+  }
+  return removed;
+}
+
+// Does `pid` own or hold the buffer whose descriptor word is `st`?
+bool owned_or_held(const PoolDescriptor* d, std::uint64_t st, std::uint32_t pid) {
+  if (owner_of(st) == 0) return false;
+  bool held = owner_of(st) == pid;
+  for (const auto& slot : d->holders) held |= slot.load(std::memory_order_relaxed) == pid;
+  return held;
+}
 }  // namespace
 
 const char* to_string(AllocStatus s) noexcept {
@@ -1397,12 +1416,7 @@ std::uint32_t BufferPool::State::reclaim(std::uint32_t dead) noexcept {
   for (std::uint32_t c = 0; c < header->class_count; ++c) {
     for (std::uint32_t i = 0; i < classes[c].count; ++i) {
       PoolDescriptor* d = desc(c, i);
-      bool removed = false;
-      for (auto& slot : d->holders) {
-        std::uint32_t expected = dead;
-        if (slot.load(std::memory_order_relaxed) == dead)
-          removed |= slot.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
-      }
+      const bool removed = drop_all_references(d, dead);
       std::uint64_t st = d->state.load(std::memory_order_acquire);
       const std::uint32_t owner = owner_of(st);
       if (owner == 0) continue;
@@ -1425,12 +1439,7 @@ std::uint32_t BufferPool::State::reclaim(std::uint32_t dead) noexcept {
   if (PoolRegion* r = region()) {
     for (std::uint32_t i = 0; i < r->blocks; ++i) {
       PoolDescriptor* d = desc(kRegionClass, i);
-      bool removed = false;
-      for (auto& slot : d->holders) {
-        std::uint32_t expected = dead;
-        if (slot.load(std::memory_order_relaxed) == dead)
-          removed |= slot.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
-      }
+      const bool removed = drop_all_references(d, dead);
       std::uint32_t owner = owner_of(d->state.load(std::memory_order_acquire));
       if (owner != 0 && (owner == dead || removed) && all_holders_zero(d)) {
         region_free(i, owner);
@@ -1554,20 +1563,15 @@ std::vector<BufferHandle> BufferPool::held_by(std::uint32_t pid) const {
     for (std::uint32_t i = 0; i < s.classes[c].count; ++i) {
       PoolDescriptor* d = s.desc(c, i);
       std::uint64_t st = d->state.load(std::memory_order_acquire);
-      if (owner_of(st) == 0) continue;
-      bool held = owner_of(st) == pid;
-      for (const auto& slot : d->holders) held |= slot.load(std::memory_order_relaxed) == pid;
-      if (held) out.push_back(BufferHandle{s.header->pool_id, static_cast<std::uint16_t>(c), part, i, gen_of(st)});
+      if (owned_or_held(d, st, pid))
+        out.push_back(BufferHandle{s.header->pool_id, static_cast<std::uint16_t>(c), part, i, gen_of(st)});
     }
   }
   if (PoolRegion* r = s_->region())
     for (std::uint32_t i = 0; i < r->blocks; ++i) {
       PoolDescriptor* d = s_->desc(kRegionClass, i);
       std::uint64_t st = d->state.load(std::memory_order_acquire);
-      if (owner_of(st) == 0) continue;
-      bool held = owner_of(st) == pid;
-      for (const auto& slot : d->holders) held |= slot.load(std::memory_order_relaxed) == pid;
-      if (held) out.push_back(BufferHandle{s_->header->pool_id, kRegionClass, 0, i, gen_of(st)});
+      if (owned_or_held(d, st, pid)) out.push_back(BufferHandle{s_->header->pool_id, kRegionClass, 0, i, gen_of(st)});
     }
   return out;
 }

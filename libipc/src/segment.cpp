@@ -187,6 +187,15 @@ void Segment::close() noexcept {
   size_ = 0;
 }
 
+// Holds the directory lock for a scope (lock_directory() repairs on owner_died).
+struct Segment::DirectoryLock {
+  explicit DirectoryLock(Segment* s) : segment(s) { segment->lock_directory(); }
+  ~DirectoryLock() { segment->unlock_directory(); }
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+  Segment* segment;
+};
+
 Segment::Header* Segment::header() const noexcept {
   static_assert(sizeof(Header) <= kHeaderBytes, "the header must fit its page");
   static_assert(std::is_standard_layout_v<Header>, "the header is plain shared data");
@@ -562,11 +571,7 @@ Object Segment::create_locked(std::string_view name, ObjectType type, std::size_
 Object Segment::create_object(std::string_view name, ObjectType type, std::size_t size, const InitFn& init) {
   validate_name(name, "object", kMaxObjectNameLength, true);
   if (size == 0) throw Error(ErrorCode::invalid_argument, "object '" + std::string(name) + "': size must be > 0");
-  lock_directory();
-  struct Unlock {
-    Segment* s;
-    ~Unlock() { s->unlock_directory(); }
-  } unlock{this};
+  DirectoryLock locked(this);
   for (const ObjectInfo& info : snapshot())
     if (info.name == name)
       throw Error(ErrorCode::already_exists, "cannot create object '" + std::string(name) + "' in " + describe() +
@@ -578,11 +583,7 @@ Object Segment::create_object(std::string_view name, ObjectType type, std::size_
 Object Segment::find_or_create_object(std::string_view name, ObjectType type, std::size_t size, const InitFn& init) {
   validate_name(name, "object", kMaxObjectNameLength, true);
   if (size == 0) throw Error(ErrorCode::invalid_argument, "object '" + std::string(name) + "': size must be > 0");
-  lock_directory();
-  struct Unlock {
-    Segment* s;
-    ~Unlock() { s->unlock_directory(); }
-  } unlock{this};
+  DirectoryLock locked(this);
   for (const ObjectInfo& info : snapshot()) {
     if (info.name != name) continue;
     if (info.type != type || info.size != size)
@@ -597,11 +598,7 @@ Object Segment::find_or_create_object(std::string_view name, ObjectType type, st
 
 bool Segment::remove_object(std::string_view name) {
   validate_name(name, "object", kMaxObjectNameLength, true);
-  lock_directory();
-  struct Unlock {
-    Segment* s;
-    ~Unlock() { s->unlock_directory(); }
-  } unlock{this};
+  DirectoryLock locked(this);
   Header* h = header();
   DirectoryEntry* e = h->entries(base_);
   for (std::uint32_t i = 0; i < h->directory_capacity; ++i) {

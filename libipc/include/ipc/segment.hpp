@@ -242,6 +242,7 @@ class Segment {
  private:
   Segment() = default;
   struct Header;
+  struct DirectoryLock;
   Header* header() const noexcept;
   void close() noexcept;
   std::string describe() const;  // "segment 'x' (/dev/shm/ipc.d.x)"
