@@ -624,7 +624,7 @@ void BufferPool::State::unadmit(std::uint32_t c, std::uint32_t owner_pid, int ow
 }
 
 void BufferPool::State::begin_free(std::uint32_t c, std::uint32_t i, std::uint64_t state) noexcept {
-  if (client < 0) return;
+  if (client < 0 || owner_of(state) == pid) return;  // our own buffer: reclaim(us) covers it
   PoolClient& me = clients[client];
   me.op_class.store(c, std::memory_order_relaxed);
   me.op_index.store(i, std::memory_order_relaxed);
@@ -633,7 +633,8 @@ void BufferPool::State::begin_free(std::uint32_t c, std::uint32_t i, std::uint64
 }
 
 void BufferPool::State::end_op() noexcept {
-  if (client >= 0) clients[client].op_kind.store(kOpNone, std::memory_order_relaxed);
+  if (client >= 0 && clients[client].op_kind.load(std::memory_order_relaxed) != kOpNone)
+    clients[client].op_kind.store(kOpNone, std::memory_order_relaxed);
 }
 
 // reclaim(): a dead process that had dropped the last reference of a buffer
@@ -1291,9 +1292,13 @@ BufferPool::HandleStatus BufferPool::retain(const BufferHandle& h, std::uint32_t
 BufferPool::HandleStatus BufferPool::State::drop(PoolDescriptor* d, const BufferHandle& h,
                                                  std::uint32_t holder) noexcept {
   // A death after our slot is dropped and before the buffer is freed would
-  // orphan it: record the pending free first (see finish_dead_op).
-  if (client < 0) client_slot();
-  begin_free(h.size_class, h.index, d->state.load(std::memory_order_acquire));
+  // orphan it — unless we own it (reclaim of the owner frees it): record the
+  // pending free first (see finish_dead_op).
+  const std::uint64_t word = d->state.load(std::memory_order_acquire);
+  if (owner_of(word) != pid) {
+    if (client < 0) client_slot();
+    begin_free(h.size_class, h.index, word);
+  }
   // Common case first: the allocator is the only holder (slot 0).
   if (d->holders[0].load(std::memory_order_acquire) == holder) {
     std::uint32_t others = 0;
