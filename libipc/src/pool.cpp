@@ -106,6 +106,7 @@ struct alignas(kLine) PoolClient {
 // kOpFree: dropping a reference of descriptor (op_class, op_index) whose
 // word was op_state; the buffer is not freed yet.
 enum : std::uint32_t { kOpNone = 0, kOpFree = 1 };
+constexpr std::uint32_t kClientRegistering = 0xffffffffu;  // a slot being filled (pids are < 2^22)
 static_assert(sizeof(PoolClient) == 192);
 
 struct PoolDescriptor {
@@ -113,7 +114,13 @@ struct PoolDescriptor {
   std::atomic<std::uint32_t> holders[BufferPool::kMaxHolders];
   std::atomic<std::uint32_t> meta;  // kCachedBit | requested bytes (31 bits)
   std::uint32_t run;                // large region: blocks in the run this head starts
-  std::uint32_t pad[2];
+  // Bit k set: holders[k] is a counted reference. The last reference is the
+  // one whose CAS takes this word to 0 — one atomic decision, so two holders
+  // releasing at once can never both (or neither) free the buffer. A slot is
+  // written before its bit is set (retain) and cleared after (release), so a
+  // slot without its bit is an unfinished retain/release, never a reference.
+  std::atomic<std::uint32_t> refmask;
+  std::uint32_t pad;
 };
 
 struct PoolRegion {
@@ -187,7 +194,7 @@ struct BufferPool::State {
   bool lock_region() noexcept;
   void rebuild_region() noexcept;
   AllocStatus region_alloc(std::size_t size, std::uint32_t* index) noexcept;
-  void region_free(std::uint32_t i, std::uint32_t only_owner) noexcept;
+  void region_free(std::uint32_t i, std::uint32_t only_owner, std::uint32_t gen) noexcept;
 
   void ensure_process() noexcept;
   int find_client(std::uint32_t pid) const noexcept;
@@ -203,7 +210,7 @@ struct BufferPool::State {
   bool claim_descriptor(std::uint32_t c, std::uint32_t* index) noexcept;
   AllocStatus claim_shared(std::uint32_t c, Priority priority, std::uint32_t* index) noexcept;
   void free_shared(std::uint32_t c, std::uint32_t i, std::uint64_t state) noexcept;
-  void release_unreferenced(std::uint32_t c, std::uint32_t i, bool sole) noexcept;
+  void release_unreferenced(std::uint32_t c, std::uint32_t i, std::uint32_t gen) noexcept;
   HandleStatus drop(PoolDescriptor* d, const BufferHandle& h, std::uint32_t holder) noexcept;
   void release_own(const BufferHandle& h) noexcept;
   PoolDescriptor* check(const BufferHandle& h, HandleStatus* status) const noexcept;
@@ -213,31 +220,52 @@ struct BufferPool::State {
   void check_pressure() noexcept;
   void flush() noexcept;
   std::uint32_t reclaim(std::uint32_t pid) noexcept;
+  // On the base state: reclaim in every extension, then here (the base last:
+  // it holds the client's byte count). On an extension: reclaim().
+  std::uint32_t reclaim_everywhere(std::uint32_t pid) noexcept {
+    std::uint32_t n = 0;
+    if (root == this)
+      for (std::uint16_t i = 1; i <= header->max_extensions; ++i)
+        if (State* p = part(i)) n += p->reclaim(pid);
+    return n + reclaim(pid);
+  }
   // Growth (called on the base state).
   State* part(std::uint16_t index) noexcept;
   std::string ext_name(std::uint32_t i) const;
-  bool grow(std::uint32_t c) noexcept;
+  bool grow(std::uint32_t c, Priority priority) noexcept;
   bool lock_extensions() noexcept;
   std::uint32_t shrink() noexcept;
   AllocStatus try_alloc(std::uint32_t c, Priority priority, std::uint32_t* index) noexcept;
 };
 
 namespace {
-bool all_holders_zero(const PoolDescriptor* d) {
-  for (const auto& h : d->holders)
-    if (h.load(std::memory_order_acquire) != 0) return false;
-  return true;
+bool all_holders_zero(const PoolDescriptor* d) { return d->refmask.load(std::memory_order_acquire) == 0; }
+
+// Clears reference bit k; true if that made the buffer unreferenced.
+bool clear_reference(PoolDescriptor* d, int k, bool* cleared) {
+  const std::uint32_t bit = 1u << k;
+  std::uint32_t m = d->refmask.load(std::memory_order_acquire);
+  while (m & bit)
+    if (d->refmask.compare_exchange_weak(m, m & ~bit, std::memory_order_acq_rel)) {
+      *cleared = true;
+      return (m & ~bit) == 0;
+    }
+  *cleared = false;
+  return false;
 }
 
-// Removes every reference `pid` holds on d; true if it held any.
+// Removes every reference `pid` holds on d (its bits, then its slots); true
+// if that left the buffer unreferenced.
 bool drop_all_references(PoolDescriptor* d, std::uint32_t pid) {
-  bool removed = false;
-  for (auto& slot : d->holders) {
+  bool last = false;
+  for (int k = 0; k < BufferPool::kMaxHolders; ++k) {
+    if (d->holders[k].load(std::memory_order_acquire) != pid) continue;
+    bool cleared = false;
+    last |= clear_reference(d, k, &cleared);
     std::uint32_t expected = pid;
-    if (slot.load(std::memory_order_relaxed) == pid)
-      removed |= slot.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+    d->holders[k].compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
   }
-  return removed;
+  return last;
 }
 
 // Does `pid` own or hold the buffer whose descriptor word is `st`?
@@ -553,7 +581,7 @@ int BufferPool::State::client_slot() noexcept {
   int i = find_client(pid);
   if (i >= 0) {
     if (clients[i].token.load(std::memory_order_relaxed) == token) return client = i;
-    reclaim(pid);  // a dead predecessor with my pid: give its buffers back first
+    reclaim_everywhere(pid);  // a dead predecessor with my pid: give its buffers back first
   }
   for (int pass = 0; pass < 2; ++pass) {
     for (i = 0; i < kMaxClients; ++i) {
@@ -561,14 +589,19 @@ int BufferPool::State::client_slot() noexcept {
       if (p != 0 && pass == 1 &&
           detail::process_liveness(static_cast<pid_t>(p), clients[i].token.load(std::memory_order_relaxed)) ==
               detail::Liveness::dead) {
-        reclaim(p);
+        reclaim_everywhere(p);
         p = clients[i].pid.load(std::memory_order_acquire);
       }
       if (p != 0) continue;
-      if (clients[i].pid.compare_exchange_strong(p, pid, std::memory_order_acq_rel)) {
+      // Reserve the slot, fill it, then publish our pid: another handle of
+      // this process must never see our pid with a missing token (it would
+      // take us for a dead predecessor and reclaim us).
+      if (clients[i].pid.compare_exchange_strong(p, kClientRegistering, std::memory_order_acq_rel)) {
         clients[i].token.store(token, std::memory_order_relaxed);
         clients[i].bytes.store(0, std::memory_order_relaxed);
         for (auto& a : clients[i].admitted) a.store(0, std::memory_order_relaxed);
+        clients[i].op_kind.store(kOpNone, std::memory_order_relaxed);
+        clients[i].pid.store(pid, std::memory_order_release);
         return client = i;
       }
     }
@@ -652,7 +685,7 @@ void BufferPool::State::finish_dead_op(PoolClient& dead) noexcept {
   std::uint64_t now = d->state.load(std::memory_order_acquire);
   if (now != before || !all_holders_zero(d) || (d->meta.load(std::memory_order_relaxed) & kCachedBit)) return;
   if (region_buffer) {
-    region_free(i, owner_of(before));
+    region_free(i, owner_of(before), gen_of(before));
   } else if (d->state.compare_exchange_strong(now, make_state(0, gen_of(now)), std::memory_order_acq_rel)) {
     d->meta.store(0, std::memory_order_relaxed);
     bitmap(c)[i / 64].fetch_or(std::uint64_t{1} << (i % 64), std::memory_order_acq_rel);
@@ -667,7 +700,7 @@ bool BufferPool::State::claim_descriptor(std::uint32_t c, std::uint32_t* index) 
     PoolDescriptor* d = desc(c, i);
     std::uint64_t st = d->state.load(std::memory_order_acquire);
     if (owner_of(st) != 0) return false;
-    return d->state.compare_exchange_strong(st, make_state(pid, gen_of(st) + 1), std::memory_order_acq_rel);  // A2
+    return d->state.compare_exchange_strong(st, make_state(pid, gen_of(st) + 1), std::memory_order_seq_cst);  // A2
   };
   // Fast: the hint bitmap, starting where this handle last found one.
   for (std::uint32_t k = 0; k < words; ++k) {
@@ -704,6 +737,18 @@ AllocStatus BufferPool::State::claim_shared(std::uint32_t c, Priority priority, 
     unadmit(c, pid, client);
     return AllocStatus::exhausted;
   }
+  // SYNC POINT with shrink() S1/S2: A2 (seq_cst CAS on the descriptor), then
+  // a seq_cst load of the entry word. Either shrink's descriptor scan sees
+  // our claim, or we see "retiring" here and give the buffer back.
+  if (ext_index != 0 &&
+      root->header->ext[ext_index].word.load(std::memory_order_seq_cst) != ext_word(ext_epoch, kExtActive)) {
+    PoolDescriptor* d = desc(c, *index);
+    std::uint64_t st = d->state.load(std::memory_order_acquire);
+    if (d->state.compare_exchange_strong(st, make_state(0, gen_of(st)), std::memory_order_seq_cst))
+      bitmap(c)[*index / 64].fetch_or(std::uint64_t{1} << (*index % 64), std::memory_order_acq_rel);
+    unadmit(c, pid, client);
+    return AllocStatus::exhausted;
+  }
   root->check_pressure();
   return AllocStatus::ok;
 }
@@ -725,14 +770,15 @@ void BufferPool::State::free_shared(std::uint32_t c, std::uint32_t i, std::uint6
   root->check_pressure();
 }
 
-void BufferPool::State::release_unreferenced(std::uint32_t c, std::uint32_t i, bool sole) noexcept {
+void BufferPool::State::release_unreferenced(std::uint32_t c, std::uint32_t i, std::uint32_t gen) noexcept {
   if (c == kRegionClass) {
-    region_free(i, 0);
+    region_free(i, 0, gen);
     return;
   }
   PoolDescriptor* d = desc(c, i);
   std::uint64_t st = d->state.load(std::memory_order_acquire);
-  if (owner_of(st) == 0) return;
+  // Only the incarnation whose last reference we dropped: never a newer one.
+  if (owner_of(st) == 0 || gen_of(st) != gen) return;
   PoolClass& pc = cls(c);
   auto& cache = caches[c];
   // Keep it in this handle's cache only while the class is less than half
@@ -743,13 +789,9 @@ void BufferPool::State::release_unreferenced(std::uint32_t c, std::uint32_t i, b
     // We own it: if we die from here on, reclaim(us) frees it as ours, so
     // the pending-free record must not also account for it.
     end_op();
-    // The sole holder of its own buffer races with nobody (only holders can
-    // release, and only the dead are reclaimed): a plain store suffices.
-    // Otherwise another last-holder may be freeing it: CAS, one wins.
-    if (sole)
-      d->state.store(next, std::memory_order_release);
-    else if (!d->state.compare_exchange_strong(st, next, std::memory_order_acq_rel))
-      return;
+    // CAS from the exact incarnation: a reclaimer finishing a dead holder's
+    // free (finish_dead_op) may race with us; exactly one wins.
+    if (!d->state.compare_exchange_strong(st, next, std::memory_order_acq_rel)) return;
     d->meta.store(kCachedBit, std::memory_order_relaxed);
     cache.push_back(i);
     ++pending[c].cached;
@@ -866,15 +908,16 @@ AllocStatus BufferPool::State::region_alloc(std::size_t size, std::uint32_t* ind
   return AllocStatus::ok;
 }
 
-// Frees the run headed at i (if only_owner != 0: only if that pid owns it).
-void BufferPool::State::region_free(std::uint32_t i, std::uint32_t only_owner) noexcept {
+// Frees the run headed at i, if it is still incarnation `gen` (and, if
+// only_owner != 0, owned by that pid).
+void BufferPool::State::region_free(std::uint32_t i, std::uint32_t only_owner, std::uint32_t gen) noexcept {
   PoolRegion* r = region();
   if (!lock_region()) return;
   PoolDescriptor* d = desc(kRegionClass, i);
   std::uint64_t st = d->state.load(std::memory_order_acquire);
   const std::uint32_t owner = owner_of(st);
   const std::uint32_t n = d->run;
-  if (owner == 0 || (only_owner && owner != only_owner) || n == 0 || n > r->blocks - i) {
+  if (owner == 0 || gen_of(st) != gen || (only_owner && owner != only_owner) || n == 0 || n > r->blocks - i) {
     r->lock.unlock();
     return;
   }
@@ -933,6 +976,7 @@ Allocation BufferPool::allocate(std::size_t size, Priority priority) noexcept {
       --s.pending[c].cached;
       PoolDescriptor* d = s.desc(c, index);
       d->holders[0].store(s.pid, std::memory_order_relaxed);
+      d->refmask.store(1, std::memory_order_release);
       d->meta.store(static_cast<std::uint32_t>(std::min<std::size_t>(size, 0x7fffffff)), std::memory_order_relaxed);
       s.count_op(c, true, false);
       BufferHandle h{s.header->pool_id, static_cast<std::uint16_t>(c), 0, index,
@@ -999,6 +1043,7 @@ Allocation BufferPool::allocate_impl(std::size_t size, Priority priority, std::u
     }
     PoolDescriptor* d = s.desc(kRegionClass, head);
     d->holders[0].store(s.pid, std::memory_order_relaxed);  // A3
+    d->refmask.store(1, std::memory_order_release);
     d->meta.store(static_cast<std::uint32_t>(std::min<std::size_t>(size, 0x7fffffff)), std::memory_order_relaxed);
     BufferHandle h{s.header->pool_id, kRegionClass, 0, head, gen_of(d->state.load(std::memory_order_relaxed))};
     out.buffer = Buffer(&s, h, s.data(kRegionClass, head), std::size_t{d->run} * s.region()->min_block);
@@ -1025,7 +1070,9 @@ Allocation BufferPool::allocate_impl(std::size_t size, Priority priority, std::u
   };
   AllocStatus st = try_all();
   const bool grow = s.header->policy == static_cast<std::uint32_t>(ExhaustionPolicy::grow);
-  while (st == AllocStatus::exhausted && grow && s.grow(c)) st = try_all();
+  // At most one growth per call: grow() may report room that another
+  // process takes first; a wait policy (or the caller) retries.
+  if (st == AllocStatus::exhausted && grow && s.grow(c, priority)) st = try_all();
   if (st == AllocStatus::exhausted && deadline_ns != 0) {
     // Wait for a free. SYNC POINT: alloc_waiters++ before the re-check;
     // free_shared() loads it after freeing (F4), in every part.
@@ -1050,6 +1097,7 @@ Allocation BufferPool::allocate_impl(std::size_t size, Priority priority, std::u
   }
   PoolDescriptor* d = part->desc(c, index);
   d->holders[0].store(part->pid, std::memory_order_relaxed);  // A3
+  d->refmask.store(1, std::memory_order_release);
   d->meta.store(static_cast<std::uint32_t>(std::min<std::size_t>(size, 0x7fffffff)), std::memory_order_relaxed);
   std::uint64_t state = d->state.load(std::memory_order_relaxed);
   part->count_op(c, true, false);
@@ -1073,12 +1121,16 @@ bool BufferPool::State::lock_extensions() noexcept {
     for (std::uint32_t i = 1; i <= header->max_extensions; ++i) {
       auto& e = header->ext[i];
       std::uint64_t w = e.word.load(std::memory_order_relaxed);
-      if (word_state(w) == kExtCreating || word_state(w) == kExtRetiring) {
+      if (word_state(w) == kExtCreating) {  // half-built: remove it
         try {
           Segment::unlink(ext_name(i), segment->domain());
         } catch (...) {
         }
         e.word.store(ext_word(word_epoch(w), kExtNone), std::memory_order_release);
+      } else if (word_state(w) == kExtRetiring) {
+        // The shrinker died between S1 and S3: it may not have checked S2.
+        // Back to active; a later shrink() retries with the full check.
+        e.word.store(ext_word(word_epoch(w), kExtActive), std::memory_order_release);
       }
     }
     header->ext_lock.mark_consistent();
@@ -1093,7 +1145,7 @@ BufferPool::State* BufferPool::State::part(std::uint16_t i) noexcept {
   if (exts.size() <= i) exts.resize(header->max_extensions + 1u);
   auto& e = header->ext[i];
   const std::uint64_t w = e.word.load(std::memory_order_acquire);
-  if (exts[i] && exts[i]->epoch != word_epoch(w)) {
+  if (exts[i] && (exts[i]->epoch != word_epoch(w) || word_state(w) == kExtNone)) {
     // Another incarnation: the one we mapped was retired, so nobody holds a
     // buffer in it (its claimed was 0 under the Dekker check of shrink()).
     exts[i].reset();
@@ -1122,7 +1174,7 @@ BufferPool::State* BufferPool::State::part(std::uint16_t i) noexcept {
   }
 }
 
-bool BufferPool::State::grow(std::uint32_t c) noexcept {
+bool BufferPool::State::grow(std::uint32_t c, Priority priority) noexcept {
   if (!lock_extensions()) return false;
   struct Unlock {
     Mutex& m;
@@ -1132,7 +1184,11 @@ bool BufferPool::State::grow(std::uint32_t c) noexcept {
   for (std::uint16_t i = 1; i <= header->max_extensions; ++i) {
     if (word_state(header->ext[i].word.load(std::memory_order_acquire)) != kExtActive) continue;
     State* p = part(i);
-    if (p && p->classes[c].claimed.load(std::memory_order_acquire) < p->classes[c].count) return true;
+    if (!p) continue;
+    const PoolClass& pc = p->classes[c];
+    const std::uint32_t limit = pc.count - (priority == Priority::normal ? pc.reserve : 0);
+    if (static_cast<std::int32_t>(pc.claimed.load(std::memory_order_acquire)) < static_cast<std::int32_t>(limit))
+      return true;
   }
   std::uint16_t slot = 0;
   for (std::uint16_t i = 1; i <= header->max_extensions && !slot; ++i)
@@ -1189,9 +1245,15 @@ std::uint32_t BufferPool::State::shrink() noexcept {
     State* p = part(i);  // also drops a stale mapping
     if (!p) continue;
     const std::uint64_t active = ext_word(p->ext_epoch, kExtActive);
+    // Empty = no claimed counter and no owned descriptor. The descriptors
+    // decide (counters can drift, see recount()); S2 reads them seq_cst after
+    // S1, the pair of the allocator's post-A2 re-check in claim_shared().
     auto empty = [&] {
-      for (std::uint32_t c = 0; c < p->header->class_count; ++c)
-        if (p->classes[c].claimed.load(std::memory_order_seq_cst) != 0) return false;
+      for (std::uint32_t c = 0; c < p->header->class_count; ++c) {
+        if (static_cast<std::int32_t>(p->classes[c].claimed.load(std::memory_order_seq_cst)) > 0) return false;
+        for (std::uint32_t i = 0; i < p->classes[c].count; ++i)
+          if (owner_of(p->desc(c, i)->state.load(std::memory_order_seq_cst)) != 0) return false;
+      }
       return true;
     };
     if (!empty()) {
@@ -1281,71 +1343,44 @@ BufferPool::HandleStatus BufferPool::retain(const BufferHandle& h, std::uint32_t
     if (s.client_slot() < 0) return HandleStatus::too_many_holders;
     holder = s.pid;
   }
-  for (auto& slot : d->holders) {
+  for (int k = 0; k < kMaxHolders; ++k) {
     std::uint32_t zero = 0;
-    if (slot.load(std::memory_order_relaxed) == 0 && slot.compare_exchange_strong(zero, holder, std::memory_order_acq_rel))
-      return HandleStatus::ok;
+    auto& slot = d->holders[k];
+    if (slot.load(std::memory_order_relaxed) != 0 || !slot.compare_exchange_strong(zero, holder, std::memory_order_acq_rel))
+      continue;
+    // Slot reserved; now count it — only while the buffer is still referenced.
+    std::uint32_t m = d->refmask.load(std::memory_order_acquire);
+    while (m != 0 && !(m & (1u << k)))
+      if (d->refmask.compare_exchange_weak(m, m | (1u << k), std::memory_order_acq_rel)) return HandleStatus::ok;
+    slot.store(0, std::memory_order_release);
+    return HandleStatus::stale;  // the last reference went away meanwhile
   }
   return HandleStatus::too_many_holders;
 }
 
 BufferPool::HandleStatus BufferPool::State::drop(PoolDescriptor* d, const BufferHandle& h,
                                                  std::uint32_t holder) noexcept {
-  // A death after our slot is dropped and before the buffer is freed would
-  // orphan it — unless we own it (reclaim of the owner frees it): record the
-  // pending free first (see finish_dead_op).
+  // A death after our reference is dropped and before the buffer is freed
+  // would orphan it — unless we own it (reclaim of the owner frees it):
+  // record the pending free first (see finish_dead_op).
   const std::uint64_t word = d->state.load(std::memory_order_acquire);
   if (owner_of(word) != pid) {
     if (client < 0) client_slot();
     begin_free(h.size_class, h.index, word);
   }
-  // Common case first: the allocator is the only holder (slot 0).
-  if (d->holders[0].load(std::memory_order_acquire) == holder) {
-    std::uint32_t others = 0;
-    for (int k = 1; k < kMaxHolders; ++k) others |= d->holders[k].load(std::memory_order_acquire);
-    if (others == 0) {
-      d->holders[0].store(0, std::memory_order_relaxed);
-      release_unreferenced(h.size_class, h.index, true);
-      end_op();
-      count_op(h.size_class, false, false);
-      return HandleStatus::ok;
-    }
-  }
-  // Find our slot and whether any other slot is set.
-  int mine = -1;
-  bool others = false;
   for (int k = 0; k < kMaxHolders; ++k) {
-    std::uint32_t v = d->holders[k].load(std::memory_order_acquire);
-    if (v == holder && mine < 0)
-      mine = k;
-    else if (v != 0)
-      others = true;
-  }
-  if (mine < 0) {
-    end_op();
-    return HandleStatus::not_held;
-  }
-  if (!others) {
-    // Sole holder: nobody else can add or drop a reference concurrently.
-    d->holders[mine].store(0, std::memory_order_relaxed);
-    release_unreferenced(h.size_class, h.index, true);
+    if (d->holders[k].load(std::memory_order_acquire) != holder) continue;
+    bool cleared = false;
+    const bool last = clear_reference(d, k, &cleared);  // the one atomic decision
+    if (!cleared) continue;  // that slot's reference was already dropped (another thread)
+    d->holders[k].store(0, std::memory_order_release);
+    if (last) release_unreferenced(h.size_class, h.index, h.generation);
     end_op();
     count_op(h.size_class, false, false);
     return HandleStatus::ok;
   }
-  std::uint32_t expected = holder;
-  if (!d->holders[mine].compare_exchange_strong(expected, 0, std::memory_order_seq_cst)) return drop(d, h, holder);
-  // SYNC POINT: seq_cst drop, then seq_cst re-read of every slot. Of two last
-  // holders dropping at once, at least one sees all zero (both may: the state
-  // CAS in release_unreferenced/free_shared lets only one free).
-  bool all_zero = true;
-  for (auto& slot : d->holders) all_zero &= slot.load(std::memory_order_seq_cst) == 0;
-  if (all_zero) {
-    release_unreferenced(h.size_class, h.index, false);
-    count_op(h.size_class, false, false);
-  }
   end_op();
-  return HandleStatus::ok;
+  return HandleStatus::not_held;
 }
 
 BufferPool::HandleStatus BufferPool::State::release(const BufferHandle& h, std::uint32_t holder) noexcept {
@@ -1375,9 +1410,12 @@ BufferPool::HandleStatus BufferPool::transfer(const BufferHandle& h, std::uint32
   PoolDescriptor* d = p->check(h, &st);
   if (!d) return st;
   if (from == 0 || to == 0) return HandleStatus::not_held;
-  for (auto& slot : d->holders) {
+  const std::uint32_t counted = d->refmask.load(std::memory_order_acquire);
+  for (int k = 0; k < kMaxHolders; ++k) {
     std::uint32_t expected = from;
-    if (slot.load(std::memory_order_relaxed) == from && slot.compare_exchange_strong(expected, to, std::memory_order_acq_rel))
+    auto& slot = d->holders[k];
+    if ((counted & (1u << k)) && slot.load(std::memory_order_relaxed) == from &&
+        slot.compare_exchange_strong(expected, to, std::memory_order_acq_rel))
       return HandleStatus::ok;
   }
   return HandleStatus::not_held;
@@ -1405,30 +1443,36 @@ std::uint32_t BufferPool::holders(const BufferHandle& h) const noexcept {
   if (!p) return 0;
   PoolDescriptor* d = p->check(h, nullptr);
   if (!d) return 0;
-  std::uint32_t n = 0;
-  for (const auto& slot : d->holders) n += slot.load(std::memory_order_relaxed) != 0;
-  return n;
+  return static_cast<std::uint32_t>(__builtin_popcount(d->refmask.load(std::memory_order_acquire)));
 }
 
 // ---- reclaim ----------------------------------------------------------------------------------------
 
 std::uint32_t BufferPool::State::reclaim(std::uint32_t dead) noexcept {
-  if (dead == 0) return 0;
-  const int dead_slot = find_client(dead);
-  if (dead_slot >= 0) finish_dead_op(clients[dead_slot]);  // first: it may free a buffer or fix counters
+  if (dead == 0 || dead == kClientRegistering) return 0;
+  // Take the dead client's slot for ourselves first (one reclaimer wins), so
+  // a concurrent reclaim of the same pid cannot wipe a slot that a new
+  // process registers meanwhile.
+  int dead_slot = find_client(dead);
+  if (dead_slot >= 0) {
+    std::uint32_t expected = dead;
+    if (!clients[dead_slot].pid.compare_exchange_strong(expected, kClientRegistering, std::memory_order_acq_rel))
+      dead_slot = -1;
+  }
+  if (dead_slot >= 0) finish_dead_op(clients[dead_slot]);  // first: it may free an orphaned buffer
   std::uint32_t freed = 0;
   std::uint32_t still_held[kMaxClasses] = {};  // buffers the dead pid owns that others still hold
   for (std::uint32_t c = 0; c < header->class_count; ++c) {
     for (std::uint32_t i = 0; i < classes[c].count; ++i) {
       PoolDescriptor* d = desc(c, i);
-      const bool removed = drop_all_references(d, dead);
+      const bool was_last = drop_all_references(d, dead);
       std::uint64_t st = d->state.load(std::memory_order_acquire);
       const std::uint32_t owner = owner_of(st);
       if (owner == 0) continue;
       // Free when the dead pid owned it and nobody else holds it, or when it
       // held the last reference. (A buffer with no holders whose owner is
       // alive is between A2 and A3 of an allocation: leave it alone.)
-      if ((owner == dead || removed) && all_holders_zero(d)) {
+      if ((owner == dead && all_holders_zero(d)) || was_last) {
         d->meta.store(0, std::memory_order_relaxed);
         if (d->state.compare_exchange_strong(st, make_state(0, gen_of(st)), std::memory_order_acq_rel)) {
           bitmap(c)[i / 64].fetch_or(std::uint64_t{1} << (i % 64), std::memory_order_acq_rel);
@@ -1444,10 +1488,11 @@ std::uint32_t BufferPool::State::reclaim(std::uint32_t dead) noexcept {
   if (PoolRegion* r = region()) {
     for (std::uint32_t i = 0; i < r->blocks; ++i) {
       PoolDescriptor* d = desc(kRegionClass, i);
-      const bool removed = drop_all_references(d, dead);
-      std::uint32_t owner = owner_of(d->state.load(std::memory_order_acquire));
-      if (owner != 0 && (owner == dead || removed) && all_holders_zero(d)) {
-        region_free(i, owner);
+      const bool was_last = drop_all_references(d, dead);
+      const std::uint64_t st = d->state.load(std::memory_order_acquire);
+      const std::uint32_t owner = owner_of(st);
+      if (owner != 0 && ((owner == dead && all_holders_zero(d)) || was_last)) {
+        region_free(i, owner, gen_of(st));
         ++freed;
       }
     }
@@ -1536,10 +1581,7 @@ void BufferPool::recount() noexcept {
 }
 
 std::uint32_t BufferPool::reclaim(std::uint32_t pid) noexcept {
-  std::uint32_t n = 0;
-  for (std::uint16_t i = 1; i <= s_->header->max_extensions; ++i)
-    if (State* p = s_->part(i)) n += p->reclaim(pid);
-  n += s_->reclaim(pid);  // the base last: it owns the client's byte count
+  std::uint32_t n = s_->reclaim_everywhere(pid);
   recount();
   return n;
 }

@@ -31,12 +31,16 @@
 //            distinct: a handle carries it, and a stale handle (freed,
 //            reclaimed, re-allocated) is detected.
 //   token    owner's process start time (pid-reuse guard for reclaim_dead)
-//   holders  kMaxHolders 32-bit holder ids (pids); a buffer is referenced
-//            while any holder slot is non-zero. The allocator is holder 0.
-//            retain() adds a holder by CAS 0 → id; release() removes one by
-//            CAS id → 0; the caller whose release leaves every slot zero
-//            frees the buffer. The count is derived from the slots, so there
-//            is no separate refcount to get out of step with them.
+//   holders  kMaxHolders 32-bit holder ids (pids), for attribution;
+//   refmask  bit k set = holders[k] is a counted reference. The allocator is
+//            holder 0 (refmask 1). retain(): reserve a slot (CAS 0 → id), then
+//            set its bit by CAS — only while refmask != 0, else the buffer is
+//            already going away (stale). release(): clear the bit by CAS, then
+//            the slot; the caller whose CAS takes refmask to 0 frees the
+//            buffer — one atomic decision, so concurrent releases can never
+//            both (or neither) free it. A slot without its bit is a retain or
+//            release that did not finish, never a reference; reclaim(pid)
+//            clears the dead pid's bits and slots.
 //   cached   1 while the buffer sits in its owner's per-handle cache.
 //
 // Hint bitmap: bit i set = "descriptor i is probably free". It only speeds
@@ -49,9 +53,10 @@
 // (Boost.Lockfree's freelist/stack is not used: it stores node pointers, is
 // process-private, and a pop cannot record its owner atomically.)
 //
-// Caching is a CAS too: (me, g) → (me, g+1) with `cached` set, so a holder
-// that drops the last reference concurrently with the owner cannot free a
-// buffer the owner's cache keeps (only one of the two CASes wins).
+// Freeing and caching are CASes from the exact word of the incarnation whose
+// last reference was dropped ((owner, g) → (0, g), or → (me, g+1) with
+// `cached` set), so a reclaimer finishing a dead holder's free and the owner
+// can never both act on one buffer, nor on a newer incarnation of it.
 //
 // Allocation (normal path, lock-free):
 //   A1 admission: claimed += 1 (fetch_add); if the class would dip into its
@@ -90,9 +95,11 @@
 // between an RMW and the record of it). So the counters are only a fast
 // estimate: the descriptors are authoritative, and reclaim(pid) /
 // reclaim_dead() / recount() recompute every counter from them — exact when
-// no allocation or free runs meanwhile, otherwise off by at most the
-// operations in flight. Counters are compared as signed values, so a drift
-// below zero can never make a pool look full.
+// no allocation or free runs meanwhile; allocations in flight during a
+// recount leave the counters off by that many until the next recount (so a
+// reserve or budget can be overshot by a few buffers, transiently). Nothing
+// that decides ownership or unmapping reads the counters. They are compared
+// as signed values, so a drift below zero can never make a pool look full.
 // One record does matter for correctness: a holder that drops the last
 // reference and is killed before freeing would orphan the buffer (its
 // owner, if alive, never frees it). So drop() first writes {class, index,
@@ -135,11 +142,15 @@
 // extension that has been empty for shrink_delay:
 //   S1 lock; state = retiring (seq_cst); S2 re-check that every class's
 //      `claimed` is 0, else back to active; S3 unlink, state = none; unlock.
-// An allocator admitted into an extension (A1, seq_cst) re-checks that the
-// state is still active and backs out otherwise: S1/S2 against A1/the
-// re-check is a Dekker pair, so no buffer is handed out of a retiring
-// extension. Processes drop their mapping when they see it is no longer
-// active (nobody holds a buffer in it: claimed was 0).
+// S2 checks the class counters *and* every descriptor (seq_cst): safety does
+// not rest on the counters, which can drift (see Accounting). An allocator
+// that claimed a descriptor in an extension (A2, seq_cst CAS) re-reads the
+// entry word (seq_cst) and gives the buffer back if it is not active: with
+// S1/S2 that is a Dekker pair, so no buffer is handed out of a retired
+// extension. A shrinker dying in S1–S3 leaves "retiring": the lock repair
+// turns it back to active (the next shrink() re-checks). Processes drop their
+// mapping when the entry's epoch changes or it is none; nobody holds a buffer
+// in a retired extension, so no pointer into the mapping is live.
 #pragma once
 
 #include <atomic>
