@@ -158,3 +158,30 @@ TEST_CASE("grow needs max_extensions") {
   c.max_extensions = BufferPool::kMaxExtensions + 1;
   CHECK_THROWS_AS(BufferPool::create(seg, "p", c), Error);
 }
+
+TEST_CASE("a growing pool with a reserve reports exhausted instead of looping") {
+  // Regression: grow() used to count the reserve as room, so allocate()
+  // grew, found no room for normal priority, and tried again forever.
+  TestDomain d;
+  Segment seg = make_segment(d);
+  PoolConfig c = growing(4, 1, 0ms);
+  c.class_sizes = {64};
+  c.reserve_per_class = 1;
+  BufferPool pool = BufferPool::create(seg, "p", c);
+  pid_t child = test::fork_child([&] {
+    Segment s = Segment::open("grow", {.domain = d.name()});
+    BufferPool p = BufferPool::open(s, "p");
+    std::vector<Buffer> held;
+    for (int k = 0; k < 6; ++k) {
+      Allocation a = p.allocate(64);
+      if (!a) return 10 + k;
+      held.push_back(std::move(a.buffer));
+    }
+    if (p.allocate(64).status != AllocStatus::exhausted) return 2;  // only reserves are left
+    if (!p.allocate(64, Priority::high)) return 3;                  // which high priority may take
+    return 0;
+  });
+  test::ChildExit e = test::wait_child(child, std::chrono::seconds(20));
+  CHECK_FALSE(e.timed_out);
+  CHECK_MESSAGE(test::child_ok(e), "child exit code " << e.code);
+}
