@@ -75,3 +75,92 @@ TEST_CASE("concurrent last releases of one buffer free it exactly once") {
   CHECK(failures == 0);
   CHECK(double_owned == 0);
 }
+
+TEST_CASE("transfer racing the last release never hands out a freed buffer") {
+  // Regression (review): transfer() could move a reference out of a slot
+  // whose bit the releaser had just cleared, adopting freed memory.
+  TestDomain d;
+  SegmentOptions o;
+  o.size = 4u << 20;
+  o.domain = d.name();
+  Segment seg = Segment::create("race2", o);
+  PoolConfig cfg;
+  cfg.class_sizes = {64};
+  cfg.buffers_per_class = 64;
+  cfg.cache_per_class = 0;
+  BufferPool owner = BufferPool::create(seg, "p", cfg);
+  BufferPool mover = BufferPool::open(seg, "p");
+  BufferPool scanner = BufferPool::open(seg, "p");
+  constexpr std::uint32_t kFrom = 5001, kTo = 5002;
+  std::atomic<int> go{0}, done{0};
+  BufferHandle h{};
+  std::atomic<int> moved{0};
+  std::thread t([&] {
+    for (int it = 1;; ++it) {
+      int g;
+      while ((g = go.load()) != it)
+        if (g < 0) return;
+      if (mover.transfer(h, kFrom, kTo) == BufferPool::HandleStatus::ok) moved.fetch_add(1);
+      done.fetch_add(1);
+    }
+  });
+  int errors = 0;
+  for (int it = 1; it <= 3000 && errors == 0; ++it) {
+    Allocation a = owner.allocate(64);
+    if (!a) {
+      ++errors;
+      break;
+    }
+    h = a.buffer.handle();
+    if (owner.retain(h, kFrom) != BufferPool::HandleStatus::ok) ++errors;
+    a.buffer.reset();  // the owner's reference goes; kFrom's remains
+    const int before = moved.load();
+    done = 0;
+    go = it;
+    owner.release(h, kFrom);  // races with transfer(kFrom → kTo)
+    while (done.load() != 1) std::this_thread::yield();
+    const bool transferred = moved.load() != before;
+    // Exactly one of the two got the reference: if the transfer won, kTo
+    // holds the buffer alive; else it is free.
+    if (transferred) {
+      if (owner.holders(h) != 1) ++errors;
+      if (owner.release(h, kTo) != BufferPool::HandleStatus::ok) ++errors;
+    }
+    if (owner.holders(h) != 0) ++errors;
+    // The pool is whole: every buffer can be taken once.
+    std::vector<Buffer> all;
+    for (;;) {
+      Allocation x = scanner.allocate(64);
+      if (!x) break;
+      all.push_back(std::move(x.buffer));
+    }
+    if (all.size() != 64) ++errors;
+  }
+  go = -1;
+  t.join();
+  CHECK(errors == 0);
+}
+
+TEST_CASE("retain with a stale handle never counts a reference on the next incarnation") {
+  TestDomain d;
+  SegmentOptions o;
+  o.size = 4u << 20;
+  o.domain = d.name();
+  Segment seg = Segment::create("race3", o);
+  PoolConfig cfg;
+  cfg.class_sizes = {64};
+  cfg.buffers_per_class = 1;
+  cfg.cache_per_class = 0;
+  BufferPool pool = BufferPool::create(seg, "p", cfg);
+  Allocation first = pool.allocate(64);
+  REQUIRE(first);
+  BufferHandle old = first.buffer.handle();
+  first.buffer.reset();
+  Allocation second = pool.allocate(64);  // same buffer, next generation
+  REQUIRE(second);
+  CHECK(second.buffer.handle().index == old.index);
+  CHECK(pool.retain(old, 6001) == BufferPool::HandleStatus::stale);
+  CHECK(pool.holders(second.buffer.handle()) == 1);
+  second.buffer.reset();
+  CHECK(pool.allocate(64));  // nothing keeps it alive
+}

@@ -114,13 +114,16 @@ struct PoolDescriptor {
   std::atomic<std::uint32_t> holders[BufferPool::kMaxHolders];
   std::atomic<std::uint32_t> meta;  // kCachedBit | requested bytes (31 bits)
   std::uint32_t run;                // large region: blocks in the run this head starts
-  // Bit k set: holders[k] is a counted reference. The last reference is the
-  // one whose CAS takes this word to 0 — one atomic decision, so two holders
-  // releasing at once can never both (or neither) free the buffer. A slot is
-  // written before its bit is set (retain) and cleared after (release), so a
-  // slot without its bit is an unfinished retain/release, never a reference.
-  std::atomic<std::uint32_t> refmask;
-  std::uint32_t pad;
+  // generation << 32 | mask; mask bit k set: holders[k] is a counted
+  // reference of incarnation `generation`. The last reference is the one
+  // whose CAS takes the mask to 0 — one atomic decision, so two holders
+  // releasing at once can never both (or neither) free the buffer. The
+  // generation makes a retain on a stale handle fail instead of counting a
+  // reference on the next incarnation. Slots: reserved (CAS 0 → id) before
+  // their bit is set; on release marked `id | kDropping` (CAS) before the bit
+  // is cleared, and CASed to 0 after — so neither a transfer nor a late
+  // clear can touch a slot that a later owner has rewritten.
+  std::atomic<std::uint64_t> refword;
 };
 
 struct PoolRegion {
@@ -239,31 +242,64 @@ struct BufferPool::State {
 };
 
 namespace {
-bool all_holders_zero(const PoolDescriptor* d) { return d->refmask.load(std::memory_order_acquire) == 0; }
+constexpr std::uint32_t kDropping = 0x80000000u;  // holder slot: being released (pids are < 2^22)
+std::uint32_t mask_of(std::uint64_t w) { return static_cast<std::uint32_t>(w); }
+std::uint64_t make_refword(std::uint32_t gen, std::uint32_t mask) { return std::uint64_t{gen} << 32 | mask; }
+
+bool all_holders_zero(const PoolDescriptor* d) { return mask_of(d->refword.load(std::memory_order_acquire)) == 0; }
 
 // Clears reference bit k; true if that made the buffer unreferenced.
 bool clear_reference(PoolDescriptor* d, int k, bool* cleared) {
   const std::uint32_t bit = 1u << k;
-  std::uint32_t m = d->refmask.load(std::memory_order_acquire);
-  while (m & bit)
-    if (d->refmask.compare_exchange_weak(m, m & ~bit, std::memory_order_acq_rel)) {
+  std::uint64_t w = d->refword.load(std::memory_order_acquire);
+  while (mask_of(w) & bit)
+    if (d->refword.compare_exchange_weak(w, w & ~std::uint64_t{bit}, std::memory_order_acq_rel)) {
       *cleared = true;
-      return (m & ~bit) == 0;
+      return (mask_of(w) & ~bit) == 0;
     }
   *cleared = false;
   return false;
 }
 
-// Removes every reference `pid` holds on d (its bits, then its slots); true
-// if that left the buffer unreferenced.
+// Releases the counted reference in slot k held by `holder` (slot value
+// holder or holder|kDropping): mark, clear the bit, free the slot. Returns
+// true when it was the last reference. *dropped: a reference was released.
+bool release_slot(PoolDescriptor* d, int k, std::uint32_t holder, bool holder_dead, bool* dropped) {
+  auto& slot = d->holders[k];
+  std::uint32_t v = slot.load(std::memory_order_acquire);
+  if (v == holder && !slot.compare_exchange_strong(v, holder | kDropping, std::memory_order_acq_rel)) {
+    *dropped = false;  // transferred or released by someone else meanwhile
+    return false;
+  }
+  if (v != holder && v != (holder | kDropping)) {
+    *dropped = false;
+    return false;
+  }
+  bool cleared = false;
+  const bool last = clear_reference(d, k, &cleared);
+  std::uint32_t marked = holder | kDropping;
+  if (!cleared) {
+    // The slot was reserved but never counted (an unfinished retain): not a
+    // reference. A dead retainer's slot is freed; a live one (another thread
+    // of this process, mid-retain) gets it back.
+    *dropped = false;
+    slot.compare_exchange_strong(marked, holder_dead ? 0 : holder, std::memory_order_acq_rel);
+    return false;
+  }
+  slot.compare_exchange_strong(marked, 0, std::memory_order_acq_rel);  // fails harmlessly if A3 rewrote it
+  *dropped = true;
+  return last;
+}
+
+// Removes every reference `pid` holds on d; true if that left the buffer
+// unreferenced. Also finishes the dead pid's half-done releases.
 bool drop_all_references(PoolDescriptor* d, std::uint32_t pid) {
   bool last = false;
   for (int k = 0; k < BufferPool::kMaxHolders; ++k) {
-    if (d->holders[k].load(std::memory_order_acquire) != pid) continue;
-    bool cleared = false;
-    last |= clear_reference(d, k, &cleared);
-    std::uint32_t expected = pid;
-    d->holders[k].compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+    std::uint32_t v = d->holders[k].load(std::memory_order_acquire);
+    if (v != pid && v != (pid | kDropping)) continue;
+    bool dropped = false;
+    last |= release_slot(d, k, pid, true, &dropped);
   }
   return last;
 }
@@ -976,7 +1012,7 @@ Allocation BufferPool::allocate(std::size_t size, Priority priority) noexcept {
       --s.pending[c].cached;
       PoolDescriptor* d = s.desc(c, index);
       d->holders[0].store(s.pid, std::memory_order_relaxed);
-      d->refmask.store(1, std::memory_order_release);
+      d->refword.store(make_refword(gen_of(d->state.load(std::memory_order_relaxed)), 1), std::memory_order_release);
       d->meta.store(static_cast<std::uint32_t>(std::min<std::size_t>(size, 0x7fffffff)), std::memory_order_relaxed);
       s.count_op(c, true, false);
       BufferHandle h{s.header->pool_id, static_cast<std::uint16_t>(c), 0, index,
@@ -1043,7 +1079,7 @@ Allocation BufferPool::allocate_impl(std::size_t size, Priority priority, std::u
     }
     PoolDescriptor* d = s.desc(kRegionClass, head);
     d->holders[0].store(s.pid, std::memory_order_relaxed);  // A3
-    d->refmask.store(1, std::memory_order_release);
+    d->refword.store(make_refword(gen_of(d->state.load(std::memory_order_relaxed)), 1), std::memory_order_release);
     d->meta.store(static_cast<std::uint32_t>(std::min<std::size_t>(size, 0x7fffffff)), std::memory_order_relaxed);
     BufferHandle h{s.header->pool_id, kRegionClass, 0, head, gen_of(d->state.load(std::memory_order_relaxed))};
     out.buffer = Buffer(&s, h, s.data(kRegionClass, head), std::size_t{d->run} * s.region()->min_block);
@@ -1097,7 +1133,7 @@ Allocation BufferPool::allocate_impl(std::size_t size, Priority priority, std::u
   }
   PoolDescriptor* d = part->desc(c, index);
   d->holders[0].store(part->pid, std::memory_order_relaxed);  // A3
-  d->refmask.store(1, std::memory_order_release);
+  d->refword.store(make_refword(gen_of(d->state.load(std::memory_order_relaxed)), 1), std::memory_order_release);
   d->meta.store(static_cast<std::uint32_t>(std::min<std::size_t>(size, 0x7fffffff)), std::memory_order_relaxed);
   std::uint64_t state = d->state.load(std::memory_order_relaxed);
   part->count_op(c, true, false);
@@ -1348,11 +1384,14 @@ BufferPool::HandleStatus BufferPool::retain(const BufferHandle& h, std::uint32_t
     auto& slot = d->holders[k];
     if (slot.load(std::memory_order_relaxed) != 0 || !slot.compare_exchange_strong(zero, holder, std::memory_order_acq_rel))
       continue;
-    // Slot reserved; now count it — only while the buffer is still referenced.
-    std::uint32_t m = d->refmask.load(std::memory_order_acquire);
-    while (m != 0 && !(m & (1u << k)))
-      if (d->refmask.compare_exchange_weak(m, m | (1u << k), std::memory_order_acq_rel)) return HandleStatus::ok;
-    slot.store(0, std::memory_order_release);
+    // Slot reserved; now count it — only while this incarnation is still
+    // referenced (the generation in the word rules out the next one).
+    std::uint64_t w = d->refword.load(std::memory_order_acquire);
+    while (static_cast<std::uint32_t>(w >> 32) == h.generation && mask_of(w) != 0 && !(mask_of(w) & (1u << k)))
+      if (d->refword.compare_exchange_weak(w, w | (std::uint64_t{1} << k), std::memory_order_acq_rel))
+        return HandleStatus::ok;
+    std::uint32_t mine = holder;
+    slot.compare_exchange_strong(mine, 0, std::memory_order_acq_rel);  // never clobber a newer owner's slot
     return HandleStatus::stale;  // the last reference went away meanwhile
   }
   return HandleStatus::too_many_holders;
@@ -1370,10 +1409,9 @@ BufferPool::HandleStatus BufferPool::State::drop(PoolDescriptor* d, const Buffer
   }
   for (int k = 0; k < kMaxHolders; ++k) {
     if (d->holders[k].load(std::memory_order_acquire) != holder) continue;
-    bool cleared = false;
-    const bool last = clear_reference(d, k, &cleared);  // the one atomic decision
-    if (!cleared) continue;  // that slot's reference was already dropped (another thread)
-    d->holders[k].store(0, std::memory_order_release);
+    bool dropped = false;
+    const bool last = release_slot(d, k, holder, false, &dropped);  // the one atomic decision
+    if (!dropped) continue;  // not a counted reference of ours after all
     if (last) release_unreferenced(h.size_class, h.index, h.generation);
     end_op();
     count_op(h.size_class, false, false);
@@ -1410,7 +1448,7 @@ BufferPool::HandleStatus BufferPool::transfer(const BufferHandle& h, std::uint32
   PoolDescriptor* d = p->check(h, &st);
   if (!d) return st;
   if (from == 0 || to == 0) return HandleStatus::not_held;
-  const std::uint32_t counted = d->refmask.load(std::memory_order_acquire);
+  const std::uint32_t counted = mask_of(d->refword.load(std::memory_order_acquire));
   for (int k = 0; k < kMaxHolders; ++k) {
     std::uint32_t expected = from;
     auto& slot = d->holders[k];
@@ -1443,7 +1481,7 @@ std::uint32_t BufferPool::holders(const BufferHandle& h) const noexcept {
   if (!p) return 0;
   PoolDescriptor* d = p->check(h, nullptr);
   if (!d) return 0;
-  return static_cast<std::uint32_t>(__builtin_popcount(d->refmask.load(std::memory_order_acquire)));
+  return static_cast<std::uint32_t>(__builtin_popcount(mask_of(d->refword.load(std::memory_order_acquire))));
 }
 
 // ---- reclaim ----------------------------------------------------------------------------------------
