@@ -106,7 +106,13 @@ struct alignas(kLine) PoolClient {
 // kOpFree: dropping a reference of descriptor (op_class, op_index) whose
 // word was op_state; the buffer is not freed yet.
 enum : std::uint32_t { kOpNone = 0, kOpFree = 1 };
-constexpr std::uint32_t kClientRegistering = 0xffffffffu;  // a slot being filled (pids are < 2^22)
+// Client slot pid word: pid, or pid | kRegistering while that process fills
+// the slot, or pid | kReclaiming while a reclaimer empties a dead pid's slot.
+// The pid stays visible, so a slot whose registrant or reclaimer was killed
+// is recognised (pid dead) and finished by the next pass. pids are < 2^22.
+constexpr std::uint32_t kRegistering = 0x80000000u;
+constexpr std::uint32_t kReclaiming = 0x40000000u;
+constexpr std::uint32_t kClientPidMask = 0x3fffffffu;
 static_assert(sizeof(PoolClient) == 192);
 
 struct PoolDescriptor {
@@ -622,17 +628,23 @@ int BufferPool::State::client_slot() noexcept {
   for (int pass = 0; pass < 2; ++pass) {
     for (i = 0; i < kMaxClients; ++i) {
       std::uint32_t p = clients[i].pid.load(std::memory_order_acquire);
-      if (p != 0 && pass == 1 &&
-          detail::process_liveness(static_cast<pid_t>(p), clients[i].token.load(std::memory_order_relaxed)) ==
-              detail::Liveness::dead) {
-        reclaim_everywhere(p);
-        p = clients[i].pid.load(std::memory_order_acquire);
+      if (p != 0 && pass == 1) {
+        const std::uint32_t owner = p & kClientPidMask;
+        // A registrant has no buffers yet and no valid token: pid alone decides.
+        const std::uint64_t tok = (p & kRegistering) ? 0 : clients[i].token.load(std::memory_order_relaxed);
+        if (detail::process_liveness(static_cast<pid_t>(owner), tok) == detail::Liveness::dead) {
+          if (p & kRegistering)
+            clients[i].pid.compare_exchange_strong(p, 0, std::memory_order_acq_rel);
+          else
+            reclaim_everywhere(owner);
+          p = clients[i].pid.load(std::memory_order_acquire);
+        }
       }
       if (p != 0) continue;
       // Reserve the slot, fill it, then publish our pid: another handle of
       // this process must never see our pid with a missing token (it would
       // take us for a dead predecessor and reclaim us).
-      if (clients[i].pid.compare_exchange_strong(p, kClientRegistering, std::memory_order_acq_rel)) {
+      if (clients[i].pid.compare_exchange_strong(p, pid | kRegistering, std::memory_order_acq_rel)) {
         clients[i].token.store(token, std::memory_order_relaxed);
         clients[i].bytes.store(0, std::memory_order_relaxed);
         for (auto& a : clients[i].admitted) a.store(0, std::memory_order_relaxed);
@@ -1164,9 +1176,16 @@ bool BufferPool::State::lock_extensions() noexcept {
         }
         e.word.store(ext_word(word_epoch(w), kExtNone), std::memory_order_release);
       } else if (word_state(w) == kExtRetiring) {
-        // The shrinker died between S1 and S3: it may not have checked S2.
-        // Back to active; a later shrink() retries with the full check.
-        e.word.store(ext_word(word_epoch(w), kExtActive), std::memory_order_release);
+        // The shrinker died between S1 and S3. If its segment is still there
+        // (S3 not reached; maybe S2 not checked), back to active — a later
+        // shrink() re-checks. If it was already unlinked, finish: none.
+        bool present = false;
+        try {
+          present = Segment::open(ext_name(i), {.read_only = true, .domain = segment->domain()}).generation() ==
+                    e.generation.load(std::memory_order_acquire);
+        } catch (...) {
+        }
+        e.word.store(ext_word(word_epoch(w), present ? kExtActive : kExtNone), std::memory_order_release);
       }
     }
     header->ext_lock.mark_consistent();
@@ -1487,15 +1506,18 @@ std::uint32_t BufferPool::holders(const BufferHandle& h) const noexcept {
 // ---- reclaim ----------------------------------------------------------------------------------------
 
 std::uint32_t BufferPool::State::reclaim(std::uint32_t dead) noexcept {
-  if (dead == 0 || dead == kClientRegistering) return 0;
-  // Take the dead client's slot for ourselves first (one reclaimer wins), so
-  // a concurrent reclaim of the same pid cannot wipe a slot that a new
-  // process registers meanwhile.
-  int dead_slot = find_client(dead);
-  if (dead_slot >= 0) {
-    std::uint32_t expected = dead;
-    if (!clients[dead_slot].pid.compare_exchange_strong(expected, kClientRegistering, std::memory_order_acq_rel))
-      dead_slot = -1;
+  dead &= kClientPidMask;
+  if (dead == 0) return 0;
+  // Mark the dead client's slot as being reclaimed (the pid stays visible),
+  // so that a new process cannot register into it meanwhile; a reclaimer
+  // killed here leaves a slot the next reclaim(dead) finishes. Everything
+  // below is idempotent (CASes from observed values), so two reclaimers of
+  // one pid are safe.
+  int dead_slot = -1;
+  for (int k = 0; k < kMaxClients && dead_slot < 0; ++k) {
+    std::uint32_t p = clients[k].pid.load(std::memory_order_acquire);
+    if (p == dead && clients[k].pid.compare_exchange_strong(p, dead | kReclaiming, std::memory_order_acq_rel)) p = dead | kReclaiming;
+    if (p == (dead | kReclaiming)) dead_slot = k;
   }
   if (dead_slot >= 0) finish_dead_op(clients[dead_slot]);  // first: it may free an orphaned buffer
   std::uint32_t freed = 0;
@@ -1550,7 +1572,8 @@ std::uint32_t BufferPool::State::reclaim(std::uint32_t dead) noexcept {
     for (auto& a : cl.admitted) a.store(0, std::memory_order_relaxed);
     cl.bytes.store(0, std::memory_order_relaxed);
     cl.token.store(0, std::memory_order_relaxed);
-    cl.pid.store(0, std::memory_order_release);
+    std::uint32_t marked = dead | kReclaiming;
+    cl.pid.compare_exchange_strong(marked, 0, std::memory_order_acq_rel);
   }
   if (freed) root->header->freed.notify();
   return freed;
@@ -1630,9 +1653,13 @@ std::uint32_t BufferPool::reclaim_dead() noexcept {
   for (int i = 0; i < kMaxClients; ++i) {
     std::uint32_t p = s.clients[i].pid.load(std::memory_order_acquire);
     if (p == 0) continue;
-    if (detail::process_liveness(static_cast<pid_t>(p), s.clients[i].token.load(std::memory_order_relaxed)) ==
-        detail::Liveness::dead)
-      total += reclaim(p);
+    const std::uint32_t owner = p & kClientPidMask;
+    const std::uint64_t tok = (p & kRegistering) ? 0 : s.clients[i].token.load(std::memory_order_relaxed);
+    if (detail::process_liveness(static_cast<pid_t>(owner), tok) != detail::Liveness::dead) continue;
+    if (p & kRegistering)
+      s.clients[i].pid.compare_exchange_strong(p, 0, std::memory_order_acq_rel);
+    else
+      total += s.reclaim_everywhere(owner);
   }
   recount();
   return total;
@@ -1760,10 +1787,10 @@ PoolStats BufferPool::stats() const {
     std::uint32_t p = s.clients[i].pid.load(std::memory_order_acquire);
     if (p == 0) continue;
     ClientStats cl;
-    cl.pid = p;
+    cl.pid = p & kClientPidMask;
     for (const auto& a : s.clients[i].admitted) cl.buffers += a.load(std::memory_order_relaxed);
     cl.bytes = s.clients[i].bytes.load(std::memory_order_relaxed);
-    cl.alive = detail::process_liveness(static_cast<pid_t>(p), s.clients[i].token.load(std::memory_order_relaxed)) !=
+    cl.alive = detail::process_liveness(static_cast<pid_t>(cl.pid), s.clients[i].token.load(std::memory_order_relaxed)) !=
                detail::Liveness::dead;
     out.clients.push_back(cl);
   }

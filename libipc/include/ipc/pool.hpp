@@ -100,6 +100,12 @@
 // reserve or budget can be overshot by a few buffers, transiently). Nothing
 // that decides ownership or unmapping reads the counters. They are compared
 // as signed values, so a drift below zero can never make a pool look full.
+// Client slots hold the pid throughout: pid | registering while a process
+// fills its slot (token before pid, so another handle of the same process
+// never mistakes it for a dead predecessor), pid | reclaiming while a
+// reclaimer empties a dead pid's slot — a registrant or reclaimer killed
+// there leaves a slot that the next pass recognises by its dead pid and
+// finishes.
 // One record does matter for correctness: a holder that drops the last
 // reference and is killed before freeing would orphan the buffer (its
 // owner, if alive, never frees it). So drop() first writes {class, index,
@@ -148,7 +154,8 @@
 // entry word (seq_cst) and gives the buffer back if it is not active: with
 // S1/S2 that is a Dekker pair, so no buffer is handed out of a retired
 // extension. A shrinker dying in S1–S3 leaves "retiring": the lock repair
-// turns it back to active (the next shrink() re-checks). Processes drop their
+// turns it back to active if its segment still exists (the next shrink()
+// re-checks), or finishes it to none if S3 had unlinked it. Processes drop their
 // mapping when the entry's epoch changes or it is none; nobody holds a buffer
 // in a retired extension, so no pointer into the mapping is live.
 #pragma once
