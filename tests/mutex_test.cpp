@@ -24,6 +24,8 @@
 using namespace ipc;
 using namespace std::chrono_literals;
 using ipc::test::TestDomain;
+using ipc::test::eventually;
+
 using Clock = std::chrono::steady_clock;
 
 #if defined(__SANITIZE_THREAD__)
@@ -54,16 +56,6 @@ T& make_board(Segment& seg, const char* name = "board") {
   return *static_cast<T*>(seg.create_object(name, ObjectType::raw, sizeof(T)).data);
 }
 
-// Polls `pred` until it holds or `timeout` passes; never hangs. Usable in children.
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds timeout = 10s) {
-  auto deadline = Clock::now() + timeout;
-  while (!pred()) {
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(200us);
-  }
-  return true;
-}
 
 std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();

@@ -25,6 +25,11 @@
 using namespace ipc;
 using namespace std::chrono_literals;
 using ipc::test::TestDomain;
+using ipc::test::eventually;
+using ipc::test::check_exit;
+using ipc::test::make_board;
+using ipc::test::Children;
+
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -40,22 +45,7 @@ Semaphore& make_sem(Segment& seg, std::uint32_t initial, const char* name = "sem
   return seg.find_or_create<Semaphore>(name, ObjectType::semaphore, initial);
 }
 
-// A value-initialised (all zero) struct T in the segment.
-template <typename T>
-T& make_board(Segment& seg, const char* name = "board") {
-  return seg.find_or_create<T>(name, ObjectType::raw);
-}
 
-// Polls `pred` until it holds or `timeout` passes; never hangs. Usable in children.
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds timeout = 10s) {
-  auto deadline = Clock::now() + timeout;
-  while (!pred()) {
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(200us);
-  }
-  return true;
-}
 
 std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
@@ -74,37 +64,7 @@ void spin(unsigned n) {
   for (unsigned i = 0; i < n; ++i) asm volatile("" ::: "memory");
 }
 
-// Forked children that are SIGKILLed and reaped when the test leaves early.
-class Children {
- public:
-  Children() = default;
-  Children(const Children&) = delete;
-  Children& operator=(const Children&) = delete;
-  ~Children() {
-    for (pid_t p : live_) test::kill_child(p);
-  }
-  pid_t spawn(const std::function<int()>& fn) {
-    pid_t p = test::fork_child(fn);
-    live_.push_back(p);
-    return p;
-  }
-  test::ChildExit wait(pid_t p, std::chrono::milliseconds timeout = 15s) {
-    std::erase(live_, p);
-    return test::wait_child(p, timeout);
-  }
-  void kill(pid_t p) {
-    std::erase(live_, p);
-    test::kill_child(p);
-  }
 
- private:
-  std::vector<pid_t> live_;
-};
-
-void check_exit(const test::ChildExit& e, const std::string& what = "child") {
-  CHECK_MESSAGE(test::child_ok(e), what << ": exited=" << e.exited << " code=" << e.code << " signaled="
-                                        << e.signaled << " signal=" << e.signal << " timed_out=" << e.timed_out);
-}
 
 // A child that acquires `n` owned permits and holds them until `release`
 // is set (then releases them) or until it is SIGKILLed.

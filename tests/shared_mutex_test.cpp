@@ -28,6 +28,10 @@
 using namespace ipc;
 using namespace std::chrono_literals;
 using ipc::test::TestDomain;
+using ipc::test::eventually;
+using ipc::test::check_exit;
+using ipc::test::make_board;
+
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -43,22 +47,7 @@ SharedMutex& make_rw(Segment& seg, const char* name = "rw") {
   return seg.find_or_create<SharedMutex>(name, ObjectType::shared_mutex);
 }
 
-// A value-initialised (all zero) struct T in the segment.
-template <typename T>
-T& make_board(Segment& seg, const char* name = "board") {
-  return seg.find_or_create<T>(name, ObjectType::raw);
-}
 
-// Polls `pred` until it holds or `timeout` passes; never hangs. Usable in children.
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds timeout = 10s) {
-  auto deadline = Clock::now() + timeout;
-  while (!pred()) {
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(200us);
-  }
-  return true;
-}
 
 std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
@@ -108,10 +97,6 @@ class Children {
   std::vector<pid_t> live_;
 };
 
-void check_exit(const test::ChildExit& e, const std::string& what = "child") {
-  CHECK_MESSAGE(test::child_ok(e), what << ": exited=" << e.exited << " code=" << e.code << " signaled="
-                                        << e.signaled << " signal=" << e.signal << " timed_out=" << e.timed_out);
-}
 
 // A child that holds the lock (exclusive or shared) until `release` is set.
 struct HoldBoard {

@@ -10,6 +10,9 @@
 // child's exit code is fn's return value (an exception → 100). Children
 // never return into doctest (they _exit). wait_child(pid, timeout) reaps it,
 // and SIGKILLs it on timeout so that a test fails instead of hanging.
+// Children (below) kills and reaps every child a test started, also when the
+// test leaves early through a failed REQUIRE; eventually() polls with a
+// deadline; make_board<T>() places a zeroed struct in a segment.
 #pragma once
 
 #include <sys/types.h>
@@ -17,6 +20,12 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <thread>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include "ipc/segment.hpp"
 
 namespace ipc::test {
 
@@ -57,5 +66,57 @@ void kill_child(pid_t pid);
 
 // A random number generator seeded from the test's pid and time (printed on failure by the test).
 unsigned test_seed();
+
+
+// ---- shared by the multi-process tests ----
+
+// A value-initialised (all zero) struct T in the segment.
+template <typename T>
+T& make_board(ipc::Segment& seg, const char* name = "board") {
+  return seg.find_or_create<T>(name, ipc::ObjectType::raw);
+}
+
+// Polls `pred` until it holds or `timeout` passes; never hangs. Usable in children.
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return true;
+}
+
+// Forked children that are SIGKILLed and reaped when the test leaves early.
+class Children {
+ public:
+  Children() = default;
+  Children(const Children&) = delete;
+  Children& operator=(const Children&) = delete;
+  ~Children() {
+    for (pid_t p : live_) test::kill_child(p);
+  }
+  pid_t spawn(const std::function<int()>& fn) {
+    pid_t p = test::fork_child(fn);
+    live_.push_back(p);
+    return p;
+  }
+  test::ChildExit wait(pid_t p, std::chrono::milliseconds timeout = std::chrono::seconds(15)) {
+    std::erase(live_, p);
+    return test::wait_child(p, timeout);
+  }
+  void kill(pid_t p) {
+    std::erase(live_, p);
+    test::kill_child(p);
+  }
+
+ private:
+  std::vector<pid_t> live_;
+};
+
+inline void check_exit(const test::ChildExit& e, const std::string& what = "child") {
+  CHECK_MESSAGE(test::child_ok(e), what << ": exited=" << e.exited << " code=" << e.code << " signaled="
+                                        << e.signaled << " signal=" << e.signal << " timed_out=" << e.timed_out);
+}
 
 }  // namespace ipc::test
