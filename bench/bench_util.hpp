@@ -6,6 +6,7 @@
 #pragma once
 
 #include <sched.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -87,5 +88,65 @@ inline void result(const char* bench, const std::string& metric, double value, c
 inline void ratio(const char* bench, const std::string& metric, double ours, double baseline) {
   std::printf("RATIO  %s %s %.3f\n", bench, metric.c_str(), baseline > 0 ? ours / baseline : 0.0);
 }
+
+// Cleanup on every exit path (normal, error, signal, watchdog alarm): shm
+// files to unlink and a child to kill, in async-signal-safe globals, so an
+// interrupted or hung benchmark never leaves anything in /dev/shm.
+namespace cleanup {
+inline char g_name[32] = "bench";
+inline char g_paths[2][512];                 // unlinked on exit
+inline volatile sig_atomic_t g_child = 0;    // pid of the running child, killed on error
+inline volatile sig_atomic_t g_is_child = 0; // set in the child: it leaves cleanup to the parent
+inline void (*g_on_die)() = nullptr;         // extra step before a fatal exit (e.g. flag failure)
+
+inline void now() {
+  if (g_is_child) return;
+  if (g_child > 0) ::kill(static_cast<pid_t>(g_child), SIGKILL);
+  for (auto& p : g_paths)
+    if (p[0] != '\0') ::unlink(p);
+}
+
+inline void on_signal(int sig) {
+  if (!g_is_child) {
+    (void)!::write(2, g_name, std::strlen(g_name));
+    const char msg[] = ": interrupted or watchdog expired; cleaned up\n";
+    (void)!::write(2, msg, sizeof msg - 1);
+  }
+  now();
+  ::_exit(128 + sig);
+}
+
+[[noreturn]] inline void die(const std::string& what) {
+  std::fprintf(stderr, "%s%s: %s\n", g_name, g_is_child ? " (child)" : "", what.c_str());
+  if (g_on_die) g_on_die();
+  now();
+  ::_exit(1);
+}
+
+// Names the benchmark and installs the handlers (SIGINT, SIGTERM, SIGHUP, SIGALRM).
+inline void install(const char* name) {
+  std::snprintf(g_name, sizeof g_name, "%s", name);
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  ::sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGALRM}) ::sigaction(sig, &sa, nullptr);
+}
+
+// Registers a file to unlink on any exit (at most 2).
+inline void add_path(const std::string& path) {
+  for (auto& p : g_paths)
+    if (p[0] == '\0') {
+      if (path.size() >= sizeof p) die("path too long: " + path);
+      std::memcpy(p, path.c_str(), path.size() + 1);
+      return;
+    }
+  die("too many cleanup paths");
+}
+
+// After a normal unlink: nothing left to clean.
+inline void forget_paths() {
+  for (auto& p : g_paths) p[0] = '\0';
+}
+}  // namespace cleanup
 
 }  // namespace ipc::bench

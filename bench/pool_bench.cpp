@@ -92,39 +92,10 @@ struct State {
   } payload;
 };
 
-// ---- cleanup on every exit path (normal, error, signal, watchdog) -------------------------
-
-char g_shm_path[512];    // /dev/shm/ipc.<domain>.pool
-char g_boost_path[512];  // /dev/shm/ipc_pool_bench_<pid>
-volatile sig_atomic_t g_child = 0;
-volatile sig_atomic_t g_is_child = 0;
-State* g_state = nullptr;
-
-void cleanup_now() {
-  if (g_is_child) return;
-  if (g_child > 0) ::kill(static_cast<pid_t>(g_child), SIGKILL);
-  if (g_shm_path[0] != '\0') ::unlink(g_shm_path);
-  if (g_boost_path[0] != '\0') ::unlink(g_boost_path);
-}
-
-void on_signal(int sig) {
-  const char msg[] = "pool_bench: interrupted or watchdog expired; cleaned up\n";
-  if (!g_is_child) (void)!::write(2, msg, sizeof msg - 1);
-  cleanup_now();
-  ::_exit(128 + sig);
-}
-
-[[noreturn]] void die(const std::string& what) {
-  std::fprintf(stderr, "pool_bench%s: %s\n", g_is_child ? " (child)" : "", what.c_str());
-  if (g_state != nullptr) g_state->ctl.failed.store(1);
-  cleanup_now();
-  ::_exit(1);
-}
-
-void set_path(char (&dst)[512], const std::string& path) {
-  if (path.size() >= sizeof dst) die("shm path too long: " + path);
-  std::memcpy(dst, path.c_str(), path.size() + 1);
-}
+using bench::cleanup::die;
+using bench::cleanup::g_child;
+using bench::cleanup::g_is_child;
+State* g_state = nullptr;  // a dying child flags the failure here for the parent
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -586,17 +557,17 @@ int run(const bench::Args& args, ipc::Segment& seg, const Sides& s, State* st) {
 
 int main(int argc, char** argv) {
   bench::Args args = bench::parse_args(argc, argv);
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  ::sigemptyset(&sa.sa_mask);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGALRM}) ::sigaction(sig, &sa, nullptr);
+  bench::cleanup::install(kBench);
+  bench::cleanup::g_on_die = [] {
+    if (g_state != nullptr) g_state->ctl.failed.store(1);
+  };
 
   const std::string domain = "bench" + std::to_string(::getpid());
   const std::string boost_name = "ipc_pool_bench_" + std::to_string(::getpid());
   int rc = 1;
   try {
-    set_path(g_shm_path, "/dev/shm" + ipc::Segment::shm_name(kSegment, domain));
-    set_path(g_boost_path, "/dev/shm/" + boost_name);
+    bench::cleanup::add_path("/dev/shm" + ipc::Segment::shm_name(kSegment, domain));
+    bench::cleanup::add_path("/dev/shm/" + boost_name);
     ipc::Segment::unlink(kSegment, domain);
     bip::shared_memory_object::remove(boost_name.c_str());
 
@@ -629,8 +600,7 @@ int main(int argc, char** argv) {
   g_state = nullptr;
   ipc::Segment::unlink(kSegment, domain);
   bip::shared_memory_object::remove(boost_name.c_str());
-  g_shm_path[0] = '\0';
-  g_boost_path[0] = '\0';
+  bench::cleanup::forget_paths();
   std::fflush(stdout);
   return rc;
 }

@@ -59,30 +59,9 @@ constexpr const char* kBench = "sync_bench";
 constexpr const char* kSegment = "sync";
 constexpr unsigned kWatchdogSeconds = 30;  // per child run; a hung run is cleaned up, not left forever
 
-// ---- cleanup on every exit path (normal, error, signal, watchdog) -------------------------
-
-char g_shm_path[512];                 // /dev/shm/ipc.<domain>.sync, unlinked on exit
-volatile sig_atomic_t g_child = 0;    // pid of the running child, killed on error
-volatile sig_atomic_t g_is_child = 0;
-
-void cleanup_now() {
-  if (g_is_child) return;
-  if (g_child > 0) ::kill(static_cast<pid_t>(g_child), SIGKILL);
-  if (g_shm_path[0] != '\0') ::unlink(g_shm_path);
-}
-
-void on_signal(int sig) {
-  const char msg[] = "sync_bench: interrupted or watchdog expired; cleaned up\n";
-  if (!g_is_child) (void)!::write(2, msg, sizeof msg - 1);
-  cleanup_now();
-  ::_exit(128 + sig);
-}
-
-[[noreturn]] void die(const std::string& what) {
-  std::fprintf(stderr, "sync_bench%s: %s\n", g_is_child ? " (child)" : "", what.c_str());
-  cleanup_now();
-  ::_exit(1);
-}
+using bench::cleanup::die;
+using bench::cleanup::g_child;
+using bench::cleanup::g_is_child;
 
 // ---- shared state --------------------------------------------------------------------------
 
@@ -558,17 +537,12 @@ int run(const bench::Args& args, const Objects& o) {
 
 int main(int argc, char** argv) {
   bench::Args args = bench::parse_args(argc, argv);
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  ::sigemptyset(&sa.sa_mask);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGALRM}) ::sigaction(sig, &sa, nullptr);
+  bench::cleanup::install(kBench);
 
   const std::string domain = "bench" + std::to_string(::getpid());
   int rc = 1;
   try {
-    std::string path = "/dev/shm" + ipc::Segment::shm_name(kSegment, domain);
-    if (path.size() >= sizeof g_shm_path) die("shm path too long");
-    std::memcpy(g_shm_path, path.c_str(), path.size() + 1);
+    bench::cleanup::add_path("/dev/shm" + ipc::Segment::shm_name(kSegment, domain));
     ipc::Segment::unlink(kSegment, domain);
     ipc::SegmentOptions so;
     so.size = 1u << 20;
@@ -581,7 +555,7 @@ int main(int argc, char** argv) {
     rc = 1;
   }
   ipc::Segment::unlink(kSegment, domain);
-  g_shm_path[0] = '\0';
+  bench::cleanup::forget_paths();
   std::fflush(stdout);
   return rc;
 }
