@@ -27,6 +27,9 @@
 using namespace ipc;
 using namespace std::chrono_literals;
 using ipc::test::TestDomain;
+using ipc::test::opts;
+using ipc::test::now_ns;
+
 using ipc::test::eventually;
 using ipc::test::check_exit;
 using ipc::test::make_board;
@@ -36,21 +39,12 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-SegmentOptions opts(const TestDomain& d, std::size_t size = 1u << 20) {
-  SegmentOptions o;
-  o.size = size;
-  o.domain = d.name();
-  return o;
-}
 
 Mutex& make_mutex(Segment& seg, const char* name = "m") { return seg.find_or_create<Mutex>(name, ObjectType::mutex); }
 CondVar& make_cv(Segment& seg, const char* name = "cv") { return seg.find_or_create<CondVar>(name, ObjectType::condvar); }
 
 
 
-std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-}
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 double ms_between(std::int64_t from_ns, std::int64_t to_ns) { return static_cast<double>(to_ns - from_ns) / 1e6; }
 

@@ -24,6 +24,9 @@
 using namespace ipc;
 using namespace std::chrono_literals;
 using ipc::test::TestDomain;
+using ipc::test::opts;
+using ipc::test::now_ns;
+
 using ipc::test::eventually;
 
 using Clock = std::chrono::steady_clock;
@@ -41,12 +44,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-SegmentOptions opts(const TestDomain& d, std::size_t size = 1u << 20) {
-  SegmentOptions o;
-  o.size = size;
-  o.domain = d.name();
-  return o;
-}
 
 Mutex& make_mutex(Segment& seg, const char* name = "lock") { return seg.find_or_create<Mutex>(name, ObjectType::mutex); }
 
@@ -57,9 +54,6 @@ T& make_board(Segment& seg, const char* name = "board") {
 }
 
 
-std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-}
 
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 

@@ -38,6 +38,9 @@
 using namespace ipc;
 using namespace std::chrono_literals;
 using ipc::test::TestDomain;
+using ipc::test::Children;
+using ipc::test::now_ns;
+
 using ipc::test::eventually;
 using ipc::test::check_exit;
 using ipc::test::make_board;
@@ -58,49 +61,16 @@ std::ostream& operator<<(std::ostream& os, const BufferHandle& h) {
 
 namespace {
 
-SegmentOptions opts(const TestDomain& d, std::size_t size = 8u << 20) {
-  SegmentOptions o;
-  o.size = size;
-  o.domain = d.name();
-  return o;
-}
+// Pool tests need room for several pools: 8 MiB unless told otherwise.
+SegmentOptions pool_segment_options(const TestDomain& d, std::size_t size = 8u << 20) { return test::opts(d, size); }
 
 
 
-std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-}
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 double ms_between(std::int64_t from_ns, std::int64_t to_ns) { return static_cast<double>(to_ns - from_ns) / 1e6; }
 
 std::uint32_t my_pid() { return static_cast<std::uint32_t>(::getpid()); }
 
-// Forked children that are SIGKILLed and reaped when the test leaves early.
-class Children {
- public:
-  Children() = default;
-  Children(const Children&) = delete;
-  Children& operator=(const Children&) = delete;
-  ~Children() {
-    for (pid_t p : live_) test::kill_child(p);
-  }
-  pid_t spawn(const std::function<int()>& fn) {
-    pid_t p = test::fork_child(fn);
-    live_.push_back(p);
-    return p;
-  }
-  test::ChildExit wait(pid_t p, std::chrono::milliseconds timeout = 20s) {
-    std::erase(live_, p);
-    return test::wait_child(p, timeout);
-  }
-  void kill(pid_t p) {
-    std::erase(live_, p);
-    test::kill_child(p);
-  }
-
- private:
-  std::vector<pid_t> live_;
-};
 
 
 PoolConfig config(std::vector<std::size_t> classes, std::uint32_t buffers, std::uint32_t cache) {
@@ -193,7 +163,7 @@ std::vector<std::uint32_t> all_free(const BufferPool& pool) {
 
 TEST_CASE("default config: sizes map to the smallest fitting class, too_large beyond, data writable, RAII frees") {
   TestDomain d;
-  Segment seg = Segment::create("basic", opts(d));
+  Segment seg = Segment::create("basic", pool_segment_options(d));
   const PoolConfig def;
   CHECK(BufferPool::bytes_needed(def) <= seg.size());
   BufferPool pool = BufferPool::create(seg, "pool");
@@ -298,7 +268,7 @@ TEST_CASE("default config: sizes map to the smallest fitting class, too_large be
 
 TEST_CASE("Buffer moves, detach, reset, and retain/release by this process") {
   TestDomain d;
-  Segment seg = Segment::create("moves", opts(d));
+  Segment seg = Segment::create("moves", pool_segment_options(d));
   BufferPool pool = BufferPool::create(seg, "pool", config({64, 256}, 8, 0));
 
   Allocation a = pool.allocate(100);
@@ -452,7 +422,7 @@ int churn(const std::string& domain, ChurnBoard& b, unsigned seed, int ops) {
 
 TEST_CASE("4 processes allocate and free concurrently: every buffer keeps its owner's pid+seq pattern") {
   TestDomain d;
-  Segment seg = Segment::create("many", opts(d));
+  Segment seg = Segment::create("many", pool_segment_options(d));
   PoolConfig cfg = config({64, 256, 1024, 4096}, 12, 8);  // 4 x up to 16 held: classes run out
   BufferPool pool = BufferPool::create(seg, "pool", cfg);
   ChurnBoard& b = make_board<ChurnBoard>(seg);
@@ -460,7 +430,7 @@ TEST_CASE("4 processes allocate and free concurrently: every buffer keeps its ow
   const unsigned seed = test::test_seed();
   MESSAGE("seed " << seed);
   INFO("seed " << seed);
-  Children kids;
+  Children kids{std::chrono::seconds(20)};
   std::vector<pid_t> pids;
   for (int k = 0; k < kProcs; ++k) pids.push_back(kids.spawn([&, k] { return churn(d.name(), b, seed + k, kOps); }));
   b.go.store(1);
@@ -528,10 +498,10 @@ void write_pattern(std::byte* p, std::size_t n) {
 
 void handoff_scenario(std::uint32_t cache) {
   TestDomain d;
-  Segment seg = Segment::create("handoff", opts(d));
+  Segment seg = Segment::create("handoff", pool_segment_options(d));
   BufferPool pool = BufferPool::create(seg, "pool", config({256, 1024}, 8, cache));
   HandoffBoard& b = make_board<HandoffBoard>(seg);
-  Children kids;
+  Children kids{std::chrono::seconds(20)};
 
   Allocation a = pool.allocate(1000);
   REQUIRE(a.status == AllocStatus::ok);
@@ -615,7 +585,7 @@ TEST_CASE("a handle sent to another process (cache on): resolve, retain, sender 
 
 TEST_CASE("transfer() moves a reference to another pid, adopt() takes one over as a Buffer") {
   TestDomain d;
-  Segment seg = Segment::create("adopt", opts(d));
+  Segment seg = Segment::create("adopt", pool_segment_options(d));
   BufferPool pool = BufferPool::create(seg, "pool", config({256}, 8, 4));
   struct Board {
     BufferHandle a, b;
@@ -623,7 +593,7 @@ TEST_CASE("transfer() moves a reference to another pid, adopt() takes one over a
   };
   Board& bd = make_board<Board>(seg);
   const std::uint32_t me = my_pid();
-  Children kids;
+  Children kids{std::chrono::seconds(20)};
 
   Allocation aa = pool.allocate(256);
   Allocation ab = pool.allocate(256);
@@ -707,14 +677,14 @@ TEST_CASE("transfer() moves a reference to another pid, adopt() takes one over a
 
 TEST_CASE("a holder SIGKILLed: its references are dropped by reclaim, the buffer freed only when nobody else holds it") {
   TestDomain d;
-  Segment seg = Segment::create("holderkill", opts(d));
+  Segment seg = Segment::create("holderkill", pool_segment_options(d));
   BufferPool pool = BufferPool::create(seg, "pool", config({512}, 8, 0));
   struct Board {
     BufferHandle h[2];
     std::atomic<int> holding;
   };
   Board& b = make_board<Board>(seg);
-  Children kids;
+  Children kids{std::chrono::seconds(20)};
 
   Allocation keep = pool.allocate(512);  // we keep our reference to this one
   Allocation give = pool.allocate(512);  // and drop ours to this one
@@ -768,7 +738,7 @@ TEST_CASE("a holder SIGKILLed: its references are dropped by reclaim, the buffer
 
 TEST_CASE("policy fail: exhausted once every buffer of the class is taken, other classes unaffected") {
   TestDomain d;
-  Segment seg = Segment::create("exhaust", opts(d));
+  Segment seg = Segment::create("exhaust", pool_segment_options(d));
   BufferPool pool = BufferPool::create(seg, "pool", config({64, 256}, 10, 0));
   std::vector<Buffer> held;
   for (int i = 0; i < 10; ++i) {
@@ -803,13 +773,13 @@ TEST_CASE("policy fail: exhausted once every buffer of the class is taken, other
 
 TEST_CASE("per-handle cache: one handle gets the whole class, cached buffers are missing for others until flush()") {
   TestDomain d;
-  Segment seg = Segment::create("cache", opts(d));
+  Segment seg = Segment::create("cache", pool_segment_options(d));
   BufferPool pool = BufferPool::create(seg, "pool", config({64}, 20, 8));
   struct Board {
     std::atomic<int> got;
   };
   Board& b = make_board<Board>(seg);
-  Children kids;
+  Children kids{std::chrono::seconds(20)};
   auto grab_all = [&] {
     return kids.spawn([&] {
       Segment s = Segment::open("cache", {.domain = d.name()});
@@ -861,7 +831,7 @@ TEST_CASE("per-handle cache: one handle gets the whole class, cached buffers are
 
 TEST_CASE("reserve: normal priority is refused the last buffers, high priority still gets them") {
   TestDomain d;
-  Segment seg = Segment::create("reserve", opts(d));
+  Segment seg = Segment::create("reserve", pool_segment_options(d));
   PoolConfig cfg = config({128}, 10, 0);
   cfg.reserve_per_class = 3;
   BufferPool pool = BufferPool::create(seg, "pool", cfg);
@@ -892,7 +862,7 @@ TEST_CASE("reserve: normal priority is refused the last buffers, high priority s
 
 TEST_CASE("policy wait and allocate_for: woken by another process's free or reclaim, timed_out otherwise") {
   TestDomain d;
-  Segment seg = Segment::create("wait", opts(d));
+  Segment seg = Segment::create("wait", pool_segment_options(d));
   PoolConfig cfg = config({256}, 4, 0);
   cfg.policy = ExhaustionPolicy::wait;
   cfg.wait_timeout = 10s;
@@ -906,7 +876,7 @@ TEST_CASE("policy wait and allocate_for: woken by another process's free or recl
     std::atomic<std::int64_t> got_ns;
   };
   Board& b = make_board<Board>(seg);
-  Children kids;
+  Children kids{std::chrono::seconds(20)};
   auto waiter = [&](const char* pool_name, bool use_for) {
     b.waiting.store(0);
     b.result.store(0);
@@ -1022,8 +992,8 @@ TEST_CASE("policy wait and allocate_for: woken by another process's free or recl
 
 TEST_CASE("budgets: the pool budget and the per-client budget give over_budget") {
   TestDomain d;
-  Segment seg = Segment::create("budget", opts(d));
-  Children kids;
+  Segment seg = Segment::create("budget", pool_segment_options(d));
+  Children kids{std::chrono::seconds(20)};
 
   SUBCASE("pool budget_bytes") {
     PoolConfig cfg = config({64, 1024}, 20, 0);
@@ -1108,7 +1078,7 @@ bool on_threshold(double fraction) {
 
 TEST_CASE("pressure handlers fire highest priority first on every level change, with (now, before)") {
   TestDomain d;
-  Segment seg = Segment::create("pressure", opts(d));
+  Segment seg = Segment::create("pressure", pool_segment_options(d));
   using PL = PressureLevel;
   struct Call {
     int priority;
@@ -1205,12 +1175,12 @@ struct HoldBoard {
 
 void killed_holder_scenario(std::uint32_t cache) {
   TestDomain d;
-  Segment seg = Segment::create("hold1000", opts(d, 16u << 20));
+  Segment seg = Segment::create("hold1000", pool_segment_options(d, 16u << 20));
   // With the cache on, classes must stay under half used for freed buffers to be cached.
   const std::uint32_t per_class = cache == 0 ? 700 : 2400;
   BufferPool pool = BufferPool::create(seg, "pool", config({64, 1024}, per_class, cache));
   HoldBoard& b = make_board<HoldBoard>(seg);
-  Children kids;
+  Children kids{std::chrono::seconds(20)};
   pid_t child = kids.spawn([&] {
     Segment s = Segment::open("hold1000", {.domain = d.name()});
     BufferPool p = BufferPool::open(s, "pool");
@@ -1309,13 +1279,13 @@ TEST_CASE("a child holding 1000 buffers (cache on) is SIGKILLed: reclaim returns
 
 TEST_CASE("reclaim_dead() returns buffers of dead owners (killed or exited) and only theirs") {
   TestDomain d;
-  Segment seg = Segment::create("dead", opts(d));
+  Segment seg = Segment::create("dead", pool_segment_options(d));
   BufferPool pool = BufferPool::create(seg, "pool", config({64, 256}, 16, 0));
   struct Board {
     std::atomic<int> killed_holding, live_holding, release;
   };
   Board& b = make_board<Board>(seg);
-  Children kids;
+  Children kids{std::chrono::seconds(20)};
   auto take = [&](BufferPool& p, int n, std::vector<Buffer>& into) {
     for (int i = 0; i < n; ++i) {
       Allocation a = p.allocate(i % 2 ? 64 : 256);
@@ -1444,7 +1414,7 @@ int random_worker(const std::string& domain, RandomBoard& b, unsigned seed) {
 
 TEST_CASE("processes SIGKILLed at random points in alloc/free loops 120 times: reclaim restores every buffer") {
   TestDomain d;
-  Segment seg = Segment::create("random", opts(d));
+  Segment seg = Segment::create("random", pool_segment_options(d));
   BufferPool pool = BufferPool::create(seg, "pool", config({64, 512, 4096}, 16, 4));
   RandomBoard& b = make_board<RandomBoard>(seg);
   const unsigned seed = test::test_seed();
@@ -1468,7 +1438,7 @@ TEST_CASE("processes SIGKILLed at random points in alloc/free loops 120 times: r
   constexpr int kIterations = 120;
   std::uint64_t reclaimed_total = 0;
   int early_kills = 0, done = 0;
-  Children kids;
+  Children kids{std::chrono::seconds(20)};
   for (int it = 0; it < kIterations; ++it, ++done) {
     INFO("iteration " << it);
     b.started.store(0);
@@ -1531,7 +1501,7 @@ TEST_CASE("processes SIGKILLed at random points in alloc/free loops 120 times: r
 
 TEST_CASE("bad handles: foreign pool, class and index out of range, stale generation, double free, use after free") {
   TestDomain d;
-  Segment seg = Segment::create("bad", opts(d));
+  Segment seg = Segment::create("bad", pool_segment_options(d));
   BufferPool pa = BufferPool::create(seg, "a", config({64, 256}, 8, 0));
   BufferPool pb = BufferPool::create(seg, "b", config({64, 256}, 8, 0));
   REQUIRE(pa.pool_id() != 0);
@@ -1651,7 +1621,7 @@ TEST_CASE("bad handles: foreign pool, class and index out of range, stale genera
 
 TEST_CASE("a buffer freed into the per-handle cache is stale for its old handle") {
   TestDomain d;
-  Segment seg = Segment::create("cachestale", opts(d));
+  Segment seg = Segment::create("cachestale", pool_segment_options(d));
   BufferPool pool = BufferPool::create(seg, "pool", config({64}, 8, 8));
   Allocation a = pool.allocate(64);
   REQUIRE(a.status == AllocStatus::ok);
@@ -1678,7 +1648,7 @@ TEST_CASE("a buffer freed into the per-handle cache is stale for its old handle"
 
 TEST_CASE("invalid PoolConfig is refused with invalid_argument naming the problem, nothing is created") {
   TestDomain d;
-  Segment seg = Segment::create("config", opts(d));
+  Segment seg = Segment::create("config", pool_segment_options(d));
   int n = 0;
   auto refused = [&](const PoolConfig& cfg, const char* what, std::initializer_list<const char*> words) {
     INFO(std::string(what));
@@ -1730,7 +1700,7 @@ TEST_CASE("invalid PoolConfig is refused with invalid_argument naming the proble
 
 TEST_CASE("create and open errors: already_exists, no_space, not_found, not a pool, corrupted header") {
   TestDomain d;
-  Segment seg = Segment::create("errors", opts(d, 2u << 20));
+  Segment seg = Segment::create("errors", pool_segment_options(d, 2u << 20));
   auto code_of = [](auto&& fn, std::string* msg = nullptr) {
     try {
       fn();
@@ -1800,7 +1770,7 @@ TEST_CASE("create and open errors: already_exists, no_space, not_found, not a po
 
 TEST_CASE("stats(): per class in_use/peak/allocs/frees/failures, per client bytes, fragmentation in [0,1]") {
   TestDomain d;
-  Segment seg = Segment::create("stats", opts(d));
+  Segment seg = Segment::create("stats", pool_segment_options(d));
   BufferPool pool = BufferPool::create(seg, "pool", config({64, 256, 1024}, 10, 0));
   PoolStats st = pool.stats();
   CHECK(st.capacity_bytes == 10u * (64 + 256 + 1024));
@@ -1868,7 +1838,7 @@ TEST_CASE("stats(): per class in_use/peak/allocs/frees/failures, per client byte
     std::atomic<int> holding, release;
   };
   Board& b = make_board<Board>(seg);
-  Children kids;
+  Children kids{std::chrono::seconds(20)};
   pid_t k = kids.spawn([&] {
     Segment s = Segment::open("stats", {.domain = d.name()});
     BufferPool p = BufferPool::open(s, "pool");

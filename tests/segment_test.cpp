@@ -18,6 +18,8 @@
 
 using namespace ipc;
 using ipc::test::TestDomain;
+using ipc::test::opts;
+
 
 namespace {
 
@@ -42,12 +44,6 @@ ErrorCode open_error(const TestDomain& d, const std::string& name, std::string* 
   return ErrorCode::system;
 }
 
-SegmentOptions opts(const TestDomain& d, std::size_t size = 1u << 20) {
-  SegmentOptions o;
-  o.size = size;
-  o.domain = d.name();
-  return o;
-}
 
 }  // namespace
 

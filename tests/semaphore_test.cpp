@@ -25,6 +25,9 @@
 using namespace ipc;
 using namespace std::chrono_literals;
 using ipc::test::TestDomain;
+using ipc::test::opts;
+using ipc::test::now_ns;
+
 using ipc::test::eventually;
 using ipc::test::check_exit;
 using ipc::test::make_board;
@@ -34,12 +37,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-SegmentOptions opts(const TestDomain& d, std::size_t size = 1u << 20) {
-  SegmentOptions o;
-  o.size = size;
-  o.domain = d.name();
-  return o;
-}
 
 Semaphore& make_sem(Segment& seg, std::uint32_t initial, const char* name = "sem") {
   return seg.find_or_create<Semaphore>(name, ObjectType::semaphore, initial);
@@ -47,9 +44,6 @@ Semaphore& make_sem(Segment& seg, std::uint32_t initial, const char* name = "sem
 
 
 
-std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-}
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 double ms_between(std::int64_t from_ns, std::int64_t to_ns) { return static_cast<double>(to_ns - from_ns) / 1e6; }
 

@@ -28,6 +28,10 @@
 using namespace ipc;
 using namespace std::chrono_literals;
 using ipc::test::TestDomain;
+using ipc::test::opts;
+using ipc::test::now_ns;
+using ipc::test::Children;
+
 using ipc::test::eventually;
 using ipc::test::check_exit;
 using ipc::test::make_board;
@@ -36,12 +40,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-SegmentOptions opts(const TestDomain& d, std::size_t size = 1u << 20) {
-  SegmentOptions o;
-  o.size = size;
-  o.domain = d.name();
-  return o;
-}
 
 SharedMutex& make_rw(Segment& seg, const char* name = "rw") {
   return seg.find_or_create<SharedMutex>(name, ObjectType::shared_mutex);
@@ -49,9 +47,6 @@ SharedMutex& make_rw(Segment& seg, const char* name = "rw") {
 
 
 
-std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-}
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 double ms_between(std::int64_t from_ns, std::int64_t to_ns) { return static_cast<double>(to_ns - from_ns) / 1e6; }
 
@@ -69,33 +64,6 @@ void spin(unsigned n) {
   for (unsigned i = 0; i < n; ++i) asm volatile("" ::: "memory");
 }
 
-// Forked children that are SIGKILLed and reaped when the test leaves early
-// (a failed REQUIRE), so that no child outlives its test.
-class Children {
- public:
-  Children() = default;
-  Children(const Children&) = delete;
-  Children& operator=(const Children&) = delete;
-  ~Children() {
-    for (pid_t p : live_) test::kill_child(p);
-  }
-  pid_t spawn(const std::function<int()>& fn) {
-    pid_t p = test::fork_child(fn);
-    live_.push_back(p);
-    return p;
-  }
-  test::ChildExit wait(pid_t p, std::chrono::milliseconds timeout = 15s) {
-    std::erase(live_, p);
-    return test::wait_child(p, timeout);
-  }
-  void kill(pid_t p) {
-    std::erase(live_, p);
-    test::kill_child(p);
-  }
-
- private:
-  std::vector<pid_t> live_;
-};
 
 
 // A child that holds the lock (exclusive or shared) until `release` is set.

@@ -70,6 +70,20 @@ unsigned test_seed();
 
 // ---- shared by the multi-process tests ----
 
+// Options for a test segment in domain d (1 MiB unless told otherwise).
+inline ipc::SegmentOptions opts(const TestDomain& d, std::size_t size = 1u << 20) {
+  ipc::SegmentOptions o;
+  o.size = size;
+  o.domain = d.name();
+  return o;
+}
+
+// CLOCK_MONOTONIC now, in ns (comparable across processes).
+inline std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 // A value-initialised (all zero) struct T in the segment.
 template <typename T>
 T& make_board(ipc::Segment& seg, const char* name = "board") {
@@ -90,7 +104,9 @@ bool eventually(Pred pred, std::chrono::milliseconds timeout = std::chrono::seco
 // Forked children that are SIGKILLed and reaped when the test leaves early.
 class Children {
  public:
-  Children() = default;
+  // `default_timeout`: how long wait() waits for a child unless told otherwise.
+  explicit Children(std::chrono::milliseconds default_timeout = std::chrono::seconds(15))
+      : default_timeout_(default_timeout) {}
   Children(const Children&) = delete;
   Children& operator=(const Children&) = delete;
   ~Children() {
@@ -101,7 +117,8 @@ class Children {
     live_.push_back(p);
     return p;
   }
-  test::ChildExit wait(pid_t p, std::chrono::milliseconds timeout = std::chrono::seconds(15)) {
+  test::ChildExit wait(pid_t p) { return wait(p, default_timeout_); }
+  test::ChildExit wait(pid_t p, std::chrono::milliseconds timeout) {
     std::erase(live_, p);
     return test::wait_child(p, timeout);
   }
@@ -111,6 +128,7 @@ class Children {
   }
 
  private:
+  std::chrono::milliseconds default_timeout_;
   std::vector<pid_t> live_;
 };
 
