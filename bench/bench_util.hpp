@@ -7,9 +7,11 @@
 
 #include <sched.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -141,6 +143,35 @@ inline void add_path(const std::string& path) {
       return;
     }
   die("too many cleanup paths");
+}
+
+// Forks a child that runs body() and exits 0 (body dies on error). The
+// parent registers it for cleanup and arms a watchdog alarm of `seconds`.
+template <typename Body>
+pid_t fork_watched(unsigned seconds, Body body) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  pid_t pid = ::fork();
+  if (pid < 0) die(std::string("fork: ") + std::strerror(errno));
+  if (pid == 0) {
+    g_is_child = 1;
+    body();
+    ::_exit(0);
+  }
+  g_child = pid;
+  ::alarm(seconds);
+  return pid;
+}
+
+// Waits for the child of fork_watched(); dies unless it exited with 0.
+inline void reap(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) die(std::string("waitpid: ") + std::strerror(errno));
+  }
+  ::alarm(0);
+  g_child = 0;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) die("child process failed (status " + std::to_string(status) + ")");
 }
 
 // After a normal unlink: nothing left to clean.

@@ -125,36 +125,19 @@ void barrier(State* st, std::uint32_t& gen) {
 // Forks a child pinned to CPU 1 that runs fn() and exits; the parent returns its pid.
 template <typename Fn>
 pid_t spawn(State* st, Fn fn) {
-  std::fflush(stdout);
-  std::fflush(stderr);
   st->ctl.child_cpu.store(-1);
   st->ctl.arrive.store(0);
-  pid_t pid = ::fork();
-  if (pid < 0) die(std::string("fork: ") + std::strerror(errno));
-  if (pid == 0) {
-    g_is_child = 1;
+  return bench::cleanup::fork_watched(kWatchdogSeconds, [&] {
     st->ctl.child_cpu.store(bench::pin_to_cpu(1));
     try {
       fn();
     } catch (const std::exception& e) {
       die(e.what());
     }
-    ::_exit(0);
-  }
-  g_child = pid;
-  ::alarm(kWatchdogSeconds);
-  return pid;
+  });
 }
 
-void reap(pid_t pid) {
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) die(std::string("waitpid: ") + std::strerror(errno));
-  }
-  ::alarm(0);
-  g_child = 0;
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) die("child process failed (status " + std::to_string(status) + ")");
-}
+using bench::cleanup::reap;
 
 // ---- the sides: n alloc+free pairs, returns ns ------------------------------------------------
 

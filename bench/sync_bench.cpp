@@ -131,31 +131,14 @@ Objects make_objects(ipc::Segment& seg) {
 // Forks a child pinned to CPU 1 that runs fn() and exits; the parent returns its pid.
 template <typename Fn>
 pid_t spawn(State* st, Fn fn) {
-  std::fflush(stdout);
-  std::fflush(stderr);
   st->ctl.child_cpu.store(-1);
-  pid_t pid = ::fork();
-  if (pid < 0) die(std::string("fork: ") + std::strerror(errno));
-  if (pid == 0) {
-    g_is_child = 1;
+  return bench::cleanup::fork_watched(kWatchdogSeconds, [&] {
     st->ctl.child_cpu.store(bench::pin_to_cpu(1));
     fn();
-    ::_exit(0);
-  }
-  g_child = pid;
-  ::alarm(kWatchdogSeconds);
-  return pid;
+  });
 }
 
-void reap(pid_t pid) {
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) die(std::string("waitpid: ") + std::strerror(errno));
-  }
-  ::alarm(0);
-  g_child = 0;
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) die("child process failed (status " + std::to_string(status) + ")");
-}
+using bench::cleanup::reap;
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
