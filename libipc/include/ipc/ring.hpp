@@ -1,0 +1,136 @@
+// ipc/ring.hpp — the slot format shared by ring channels (ipc/channel.hpp)
+// and broadcast channels (ipc/broadcast.hpp), and `Message`, what a receiver
+// gets from either.
+//
+// Types: `Message`, and in `ipc::ring` the slot encoding: `SlotState`,
+// `SlotHeader`, word helpers, `slot_holder()`.
+//
+// A ring is `capacity` (a power of two) slots of `slot_bytes` each (a
+// multiple of 64, so a slot starts on a cache line). A slot is a 16-byte
+// header followed by its payload:
+//
+//   word      64 bits: seq (32) | state (2) | pid (30)
+//               seq   the ring position (mod 2^32) this slot currently serves;
+//                     slot i serves positions i, i + capacity, i + 2·capacity …
+//               state empty / writing / full / reading
+//               pid   the process that claimed it (writing, reading), else 0
+//             The word is the slot's only synchronisation: every transition
+//             is one store or CAS of it, so the state, the lap and the owner
+//             change together and a survivor always knows who to blame.
+//   bytes     inline payload length
+//   handles   number of BufferHandles at the start of the payload
+//   flags     kSkip: a slot whose producer gave up; consumers skip it
+//   payload   handles[handles] (16 B each), then `bytes` inline bytes
+//
+// References. A handle in a slot is one counted reference in the pool, held
+// under the slot's own holder id `slot_holder(tag, index)` = bit 30 | a
+// random 14-bit ring tag << 16 | slot index. Holder ids of processes are pids
+// (< 2^22), so pool.reclaim(pid) never drops a ring's reference, and because
+// the id names the slot, releasing one slot's references can never drop a
+// reference that another slot holds to the same buffer.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "ipc/pool.hpp"
+
+namespace ipc {
+
+// A received message: its inline bytes (copied out of the slot) and the
+// buffers that travelled as handles (zero copy; this process now holds one
+// reference to each, released when the Message is cleared or destroyed).
+// Reuse one Message across receives: its byte storage is kept.
+class Message {
+ public:
+  Message() = default;
+  Message(Message&&) noexcept = default;
+  Message& operator=(Message&&) noexcept = default;
+
+  std::span<const std::byte> data() const noexcept { return {bytes_.get(), size_}; }
+  std::size_t size() const noexcept { return size_; }
+  std::vector<Buffer>& buffers() noexcept { return buffers_; }
+  const std::vector<Buffer>& buffers() const noexcept { return buffers_; }
+  // The ring position this message was sent at (broadcast: its sequence).
+  std::uint64_t position() const noexcept { return position_; }
+  // Handles that could not be taken over (a buffer that went away: only
+  // possible after a reclaim raced the receive). 0 normally.
+  std::uint32_t lost_buffers() const noexcept { return lost_buffers_; }
+  void clear() noexcept {
+    size_ = 0;
+    buffers_.clear();
+    lost_buffers_ = 0;
+  }
+
+  // Receive-side plumbing (used by Channel / Subscriber).
+  std::byte* prepare(std::size_t n) {
+    if (n > capacity_) {
+      bytes_ = std::make_unique<std::byte[]>(n);
+      capacity_ = n;
+    }
+    size_ = n;
+    return bytes_.get();
+  }
+  void set_position(std::uint64_t p) noexcept { position_ = p; }
+  void add_lost() noexcept { ++lost_buffers_; }
+
+ private:
+  std::unique_ptr<std::byte[]> bytes_;
+  std::size_t capacity_ = 0;
+  std::size_t size_ = 0;
+  std::vector<Buffer> buffers_;
+  std::uint64_t position_ = 0;
+  std::uint32_t lost_buffers_ = 0;
+};
+
+namespace ring {
+
+enum class SlotState : std::uint32_t { empty = 0, writing = 1, full = 2, reading = 3 };
+
+inline constexpr std::uint32_t kPidMask = (1u << 30) - 1;
+inline constexpr std::size_t kSlotHeaderBytes = 16;
+inline constexpr std::size_t kHandleBytes = sizeof(BufferHandle);
+inline constexpr std::uint8_t kSkip = 1;
+inline constexpr std::uint32_t kMaxCapacity = 1u << 16;  // the slot index is 16 bits of the holder id
+inline constexpr std::uint32_t kMaxHandles = 255;
+
+constexpr std::uint64_t make_word(std::uint64_t pos, SlotState s, std::uint32_t pid) noexcept {
+  return (pos & 0xffffffffu) << 32 | std::uint64_t(static_cast<std::uint32_t>(s)) << 30 | (pid & kPidMask);
+}
+constexpr std::uint32_t seq_of(std::uint64_t w) noexcept { return static_cast<std::uint32_t>(w >> 32); }
+constexpr SlotState state_of(std::uint64_t w) noexcept { return static_cast<SlotState>((w >> 30) & 3u); }
+constexpr std::uint32_t pid_of(std::uint64_t w) noexcept { return static_cast<std::uint32_t>(w) & kPidMask; }
+// seq - pos as a signed lap distance (positions compared mod 2^32).
+constexpr std::int32_t distance(std::uint64_t w, std::uint64_t pos) noexcept {
+  return static_cast<std::int32_t>(seq_of(w) - static_cast<std::uint32_t>(pos));
+}
+constexpr std::uint32_t slot_holder(std::uint32_t tag, std::uint32_t index) noexcept {
+  return 0x40000000u | (tag & 0x3fffu) << 16 | (index & 0xffffu);
+}
+
+struct SlotHeader {
+  std::atomic<std::uint64_t> word;
+  std::uint32_t bytes;
+  std::uint8_t handles;
+  std::uint8_t flags;
+  std::uint16_t reserved;
+};
+static_assert(sizeof(SlotHeader) == kSlotHeaderBytes);
+
+inline SlotHeader* slot_at(std::byte* slots, std::uint32_t slot_bytes, std::uint32_t mask, std::uint64_t pos) noexcept {
+  return reinterpret_cast<SlotHeader*>(slots + std::size_t(pos & mask) * slot_bytes);
+}
+inline std::byte* payload_of(SlotHeader* s) noexcept { return reinterpret_cast<std::byte*>(s) + kSlotHeaderBytes; }
+inline BufferHandle handle_at(SlotHeader* s, int i) noexcept {
+  BufferHandle h;
+  std::memcpy(&h, payload_of(s) + std::size_t(i) * kHandleBytes, sizeof h);
+  return h;
+}
+
+}  // namespace ring
+}  // namespace ipc

@@ -1,0 +1,622 @@
+#include "ipc/channel.hpp"
+
+#include <sched.h>
+#include <sys/random.h>
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "ipc/detail/process.hpp"
+#include "ipc/error.hpp"
+
+namespace ipc {
+
+namespace {
+
+constexpr std::uint32_t kChannelMagic = 0x43484e4c;  // "CHNL"
+constexpr std::uint32_t kChannelVersion = 1;
+constexpr std::uint64_t kSleepSlice = 50'000'000;   // blocking waits re-check for dead claimers this often
+
+struct alignas(64) ChannelHeader {
+  // line 0: immutable after create
+  std::uint32_t magic;
+  std::uint32_t version;
+  std::uint32_t kind;
+  std::uint32_t backpressure;
+  std::uint32_t capacity;
+  std::uint32_t slot_bytes;
+  std::uint32_t pool_id;
+  std::uint32_t tag;
+  std::uint32_t spin;
+  std::uint32_t reserved0;
+  std::uint64_t slots_offset;  // from the header
+  std::uint64_t object_bytes;
+  // line 1: producers
+  alignas(64) std::atomic<std::uint64_t> tail;
+  std::atomic<std::uint64_t> sends;
+  std::atomic<std::uint64_t> drops;
+  std::atomic<std::uint64_t> recovered;
+  std::atomic<std::uint64_t> send_blocked_ns;
+  // line 2: consumers
+  alignas(64) std::atomic<std::uint64_t> head;
+  std::atomic<std::uint64_t> receives;
+  std::atomic<std::uint64_t> receive_blocked_ns;
+  alignas(64) std::atomic<std::uint32_t> data_waiters;
+  alignas(64) std::atomic<std::uint32_t> space_waiters;
+  Event data;
+  Event space;
+};
+static_assert(sizeof(ChannelHeader) % 64 == 0);
+
+bool power_of_two(std::uint32_t v) { return v && !(v & (v - 1)); }
+
+void validate(const ChannelConfig& c, std::string_view name) {
+  const std::string what = "channel '" + std::string(name) + "': ";
+  if (c.capacity < 2 || c.capacity > ring::kMaxCapacity || !power_of_two(c.capacity))
+    throw Error(ErrorCode::invalid_argument, what + "capacity " + std::to_string(c.capacity) +
+                                                 " is not a power of two between 2 and 65536 (e.g. 256)");
+  if (c.slot_bytes < 64 || c.slot_bytes > 65536 || c.slot_bytes % 64)
+    throw Error(ErrorCode::invalid_argument, what + "slot_bytes " + std::to_string(c.slot_bytes) +
+                                                 " must be a multiple of 64 between 64 and 65536 "
+                                                 "(16 bytes of it are the slot header)");
+  if (c.kind != ChannelKind::spsc && c.kind != ChannelKind::mpmc)
+    throw Error(ErrorCode::invalid_argument, what + "unknown kind");
+  if (c.backpressure > Backpressure::fail) throw Error(ErrorCode::invalid_argument, what + "unknown backpressure policy");
+}
+
+inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
+
+}  // namespace
+
+struct Channel::State {
+  Segment* segment = nullptr;
+  std::string name;
+  ChannelHeader* h = nullptr;
+  std::byte* slots = nullptr;
+  BufferPool* pool = nullptr;
+  std::uint32_t mask = 0;
+  std::uint32_t capacity = 0;
+  std::uint32_t slot_bytes = 0;
+  std::uint32_t tag = 0;
+  bool spsc = false;
+  bool consumer_cas = true;  // MPMC, or SPSC with drop_oldest (the producer then also consumes)
+  Backpressure policy = Backpressure::block;
+  // Stuck detection: the slot word we keep finding in the way, and since when.
+  std::uint64_t stuck_word = 0;
+  std::uint64_t stuck_since = 0;
+
+  ring::SlotHeader* slot(std::uint64_t pos) const noexcept { return ring::slot_at(slots, slot_bytes, mask, pos); }
+  std::uint32_t holder(std::uint64_t pos) const noexcept { return ring::slot_holder(tag, static_cast<std::uint32_t>(pos & mask)); }
+  std::size_t payload_capacity() const noexcept { return slot_bytes - ring::kSlotHeaderBytes; }
+
+  SendStatus put(std::span<const std::byte> bytes, std::span<Buffer> buffers) noexcept;
+  ReceiveStatus take(Message& out) noexcept;
+  bool drop_oldest() noexcept;
+  bool check_stuck(ring::SlotHeader* s, std::uint64_t w) noexcept;
+  bool recover(ring::SlotHeader* s, std::uint64_t observed) noexcept;
+  void release_slot_handles(ring::SlotHeader* s, std::uint64_t pos) noexcept;
+  void notify_data() noexcept {
+    if (h->data_waiters.load(std::memory_order_seq_cst) != 0) h->data.notify();  // P6 (after the seq_cst P5)
+  }
+  void notify_space() noexcept {
+    if (h->space_waiters.load(std::memory_order_seq_cst) != 0) h->space.notify();  // C5
+  }
+  void bump(std::atomic<std::uint64_t>& c, bool single_writer, std::uint64_t n = 1) noexcept {
+    if (single_writer)
+      c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    else
+      c.fetch_add(n, std::memory_order_relaxed);
+  }
+};
+
+const char* to_string(SendStatus s) noexcept {
+  switch (s) {
+    case SendStatus::ok: return "ok";
+    case SendStatus::full: return "full";
+    case SendStatus::timed_out: return "timed_out";
+    case SendStatus::too_large: return "too_large";
+    case SendStatus::no_pool: return "no_pool";
+    case SendStatus::bad_buffer: return "bad_buffer";
+  }
+  return "unknown";
+}
+
+const char* to_string(ReceiveStatus s) noexcept {
+  switch (s) {
+    case ReceiveStatus::ok: return "ok";
+    case ReceiveStatus::empty: return "empty";
+    case ReceiveStatus::timed_out: return "timed_out";
+  }
+  return "unknown";
+}
+
+// ---- setup ---------------------------------------------------------------------------------------
+
+std::size_t Channel::bytes_needed(const ChannelConfig& c) {
+  return sizeof(ChannelHeader) + std::size_t(c.capacity) * c.slot_bytes;
+}
+
+namespace {
+
+std::unique_ptr<Channel::State> attach(Segment& segment, std::string_view name, void* data, std::size_t size,
+                                       BufferPool* pool) {
+  auto s = std::make_unique<Channel::State>();
+  const std::string what = "channel '" + std::string(name) + "' in segment '" + segment.name() + "'";
+  auto* h = static_cast<ChannelHeader*>(data);
+  if (size < sizeof(ChannelHeader)) throw Error(ErrorCode::corrupted, what + ": object too small for a channel header");
+  if (h->magic != kChannelMagic) throw Error(ErrorCode::bad_magic, what + ": not an initialised channel");
+  if (h->version != kChannelVersion)
+    throw Error(ErrorCode::version_mismatch, what + ": layout version " + std::to_string(h->version) + ", this libipc reads " +
+                                                 std::to_string(kChannelVersion));
+  ChannelConfig c;
+  c.capacity = h->capacity;
+  c.slot_bytes = h->slot_bytes;
+  c.kind = static_cast<ChannelKind>(h->kind);
+  c.backpressure = static_cast<Backpressure>(h->backpressure);
+  try {
+    validate(c, name);
+  } catch (const Error& e) {
+    throw Error(ErrorCode::corrupted, what + ": bad header (" + e.what() + ")");
+  }
+  if (h->slots_offset != sizeof(ChannelHeader) || Channel::bytes_needed(c) > size)
+    throw Error(ErrorCode::corrupted, what + ": slot area does not fit the object");
+  if (pool && h->pool_id != pool->pool_id())
+    throw Error(ErrorCode::invalid_argument, what + " was created for pool id " + std::to_string(h->pool_id) +
+                                                 ", not pool '" + pool->name() + "' (id " + std::to_string(pool->pool_id()) +
+                                                 "): open the channel with the pool it was created with");
+  s->segment = &segment;
+  s->name = std::string(name);
+  s->h = h;
+  s->slots = reinterpret_cast<std::byte*>(h) + h->slots_offset;
+  s->pool = pool;
+  s->capacity = c.capacity;
+  s->mask = c.capacity - 1;
+  s->slot_bytes = c.slot_bytes;
+  s->tag = h->tag;
+  s->spsc = c.kind == ChannelKind::spsc;
+  s->policy = c.backpressure;
+  s->consumer_cas = !s->spsc || c.backpressure == Backpressure::drop_oldest;
+  return s;
+}
+
+}  // namespace
+
+Channel Channel::create(Segment& segment, std::string_view name, const ChannelConfig& config, BufferPool* pool) {
+  validate(config, name);
+  std::uint32_t tag = 0;
+  if (::getrandom(&tag, sizeof tag, 0) != sizeof tag) tag = static_cast<std::uint32_t>(detail::monotonic_ns());
+  const std::size_t bytes = bytes_needed(config);
+  Object obj = segment.create_object(name, ObjectType::channel, bytes, [&](void* data, std::size_t) {
+    auto* h = new (data) ChannelHeader{};
+    h->kind = static_cast<std::uint32_t>(config.kind);
+    h->backpressure = static_cast<std::uint32_t>(config.backpressure);
+    h->capacity = config.capacity;
+    h->slot_bytes = config.slot_bytes;
+    h->pool_id = pool ? pool->pool_id() : 0;
+    h->tag = tag & 0x3fff;
+    h->spin = config.spin;
+    h->slots_offset = sizeof(ChannelHeader);
+    h->object_bytes = bytes;
+    new (&h->data) Event();
+    new (&h->space) Event();
+    auto* slots = reinterpret_cast<std::byte*>(h) + sizeof(ChannelHeader);
+    for (std::uint32_t i = 0; i < config.capacity; ++i) {
+      auto* s = new (slots + std::size_t(i) * config.slot_bytes) ring::SlotHeader{};
+      s->word.store(ring::make_word(i, ring::SlotState::empty, 0), std::memory_order_relaxed);
+    }
+    h->version = kChannelVersion;
+    h->magic = kChannelMagic;  // last: a half-initialised object is "not initialised"
+  });
+  return Channel(attach(segment, name, obj.data, obj.info.size, pool));
+}
+
+Channel Channel::open(Segment& segment, std::string_view name, BufferPool* pool) {
+  Object obj = segment.open_object(name, ObjectType::channel);
+  return Channel(attach(segment, name, obj.data, obj.info.size, pool));
+}
+
+Channel::Channel(std::unique_ptr<State> s) noexcept : s_(std::move(s)) {}
+Channel::Channel(Channel&&) noexcept = default;
+Channel& Channel::operator=(Channel&&) noexcept = default;
+Channel::~Channel() = default;
+
+std::uint32_t Channel::capacity() const noexcept { return s_->capacity; }
+std::size_t Channel::max_payload() const noexcept { return s_->payload_capacity(); }
+ChannelKind Channel::kind() const noexcept { return s_->spsc ? ChannelKind::spsc : ChannelKind::mpmc; }
+const std::string& Channel::name() const noexcept { return s_->name; }
+
+// ---- send ----------------------------------------------------------------------------------------
+
+SendStatus Channel::State::put(std::span<const std::byte> bytes, std::span<Buffer> buffers) noexcept {
+  const std::size_t n = buffers.size();
+  if (n > ring::kMaxHandles || bytes.size() + n * ring::kHandleBytes > payload_capacity()) return SendStatus::too_large;
+  if (n) {
+    if (!pool) return SendStatus::no_pool;
+    for (const Buffer& b : buffers)
+      if (!b || b.handle().pool_id != pool->pool_id()) return SendStatus::bad_buffer;
+  }
+  const std::uint32_t me = detail::self_pid();
+  for (;;) {
+    const std::uint64_t pos = h->tail.load(std::memory_order_acquire);
+    ring::SlotHeader* s = slot(pos);
+    std::uint64_t w = s->word.load(std::memory_order_acquire);
+    const std::int32_t d = ring::distance(w, pos);
+    if (d < 0) {  // the slot still serves pos - capacity: full, unless a dead claimer holds it
+      if (ring::state_of(w) != ring::SlotState::full && check_stuck(s, w)) continue;
+      return SendStatus::full;
+    }
+    if (d > 0 || ring::state_of(w) != ring::SlotState::empty) {  // pos already claimed: help tail along
+      std::uint64_t expected = pos;
+      h->tail.compare_exchange_strong(expected, pos + 1, std::memory_order_acq_rel);
+      continue;
+    }
+    const std::uint64_t claimed = ring::make_word(pos, ring::SlotState::writing, me);
+    if (spsc) {  // P1, P2: the only producer
+      s->word.store(claimed, std::memory_order_relaxed);
+      h->tail.store(pos + 1, std::memory_order_relaxed);
+    } else {
+      if (!s->word.compare_exchange_strong(w, claimed, std::memory_order_acquire)) continue;  // P1
+      std::uint64_t expected = pos;
+      h->tail.compare_exchange_strong(expected, pos + 1, std::memory_order_relaxed);  // P2
+    }
+    // P3
+    std::byte* p = ring::payload_of(s);
+    for (std::size_t i = 0; i < n; ++i) std::memcpy(p + i * ring::kHandleBytes, &buffers[i].handle(), ring::kHandleBytes);
+    if (!bytes.empty()) std::memcpy(p + n * ring::kHandleBytes, bytes.data(), bytes.size());
+    s->bytes = static_cast<std::uint32_t>(bytes.size());
+    s->handles = static_cast<std::uint8_t>(n);
+    s->flags = 0;
+    // P4: the slot takes over the references. Only a handle that is not
+    // really ours can fail; then undo and commit the slot as a skip.
+    const std::uint32_t slot_id = holder(pos);
+    std::size_t moved = 0;
+    for (; moved < n; ++moved)
+      if (pool->transfer(buffers[moved].handle(), me, slot_id) != BufferPool::HandleStatus::ok) break;
+    if (moved < n) {
+      for (std::size_t i = 0; i < moved; ++i) pool->transfer(buffers[i].handle(), slot_id, me);
+      s->handles = 0;
+      s->flags = ring::kSkip;
+      s->word.store(ring::make_word(pos, ring::SlotState::full, 0), std::memory_order_seq_cst);
+      notify_data();
+      return SendStatus::bad_buffer;
+    }
+    for (std::size_t i = 0; i < n; ++i) buffers[i].detach();
+    // P5: commit. seq_cst: the store must be visible before P6 reads data_waiters (Dekker with a sleeper).
+    s->word.store(ring::make_word(pos, ring::SlotState::full, 0), std::memory_order_seq_cst);
+    bump(h->sends, spsc);
+    return SendStatus::ok;
+  }
+}
+
+// Backpressure::drop_oldest: discards the message at head — only when the
+// ring is full at head (tail - head == capacity), so a slot that is merely
+// being read or written never makes us discard younger messages. Returns
+// true if a message was dropped (or a dead claimer's slot recovered).
+bool Channel::State::drop_oldest() noexcept {
+  const std::uint64_t pos = h->head.load(std::memory_order_acquire);
+  if (h->tail.load(std::memory_order_acquire) - pos < capacity) return false;
+  ring::SlotHeader* s = slot(pos);
+  std::uint64_t w = s->word.load(std::memory_order_acquire);
+  if (ring::distance(w, pos) != 0) return false;
+  if (ring::state_of(w) != ring::SlotState::full) return check_stuck(s, w);
+  if (!s->word.compare_exchange_strong(w, ring::make_word(pos, ring::SlotState::reading, detail::self_pid()),
+                                       std::memory_order_acquire))
+    return false;
+  std::uint64_t expected = pos;
+  h->head.compare_exchange_strong(expected, pos + 1, std::memory_order_acq_rel);
+  const bool skip = s->flags & ring::kSkip;
+  release_slot_handles(s, pos);
+  s->word.store(ring::make_word(pos + capacity, ring::SlotState::empty, 0), std::memory_order_seq_cst);
+  if (!skip) h->drops.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+SendStatus Channel::try_send(std::span<const std::byte> bytes, std::span<Buffer> buffers) noexcept {
+  SendStatus st = s_->put(bytes, buffers);
+  if (st == SendStatus::ok) s_->notify_data();
+  return st;
+}
+
+SendStatus Channel::send(std::span<const std::byte> bytes, std::span<Buffer> buffers, std::chrono::nanoseconds timeout) noexcept {
+  State& s = *s_;
+  SendStatus st = s.put(bytes, buffers);
+  if (st == SendStatus::ok) {
+    s.notify_data();
+    return st;
+  }
+  if (st != SendStatus::full || s.policy == Backpressure::fail) return st;
+  if (s.policy == Backpressure::drop_oldest) {
+    const std::uint64_t start = detail::monotonic_ns();
+    const std::uint64_t limit = timeout == kForever ? UINT64_MAX : start + static_cast<std::uint64_t>(std::max<std::int64_t>(0, timeout.count()));
+    while (st == SendStatus::full) {
+      if (!s.drop_oldest()) {  // the slot in the way is being read or written: give it a moment
+        if (detail::monotonic_ns() >= limit) return SendStatus::timed_out;
+        sched_yield();
+      }
+      st = s.put(bytes, buffers);
+    }
+    if (st == SendStatus::ok) s.notify_data();
+    return st;
+  }
+  // Backpressure::block
+  const std::uint64_t start = detail::monotonic_ns();
+  const std::uint64_t deadline = timeout == kForever ? UINT64_MAX : start + static_cast<std::uint64_t>(std::max<std::int64_t>(0, timeout.count()));
+  for (std::uint32_t i = 0; i < s.h->spin && st == SendStatus::full; ++i) {
+    cpu_relax();
+    st = s.put(bytes, buffers);
+  }
+  while (st == SendStatus::full) {
+    const std::uint64_t now = detail::monotonic_ns();
+    if (now >= deadline) {
+      st = SendStatus::timed_out;
+      break;
+    }
+    s.h->space_waiters.fetch_add(1, std::memory_order_seq_cst);
+    const std::uint32_t seen = s.h->space.value();
+    st = s.put(bytes, buffers);  // re-check after announcing ourselves
+    if (st == SendStatus::full) s.h->space.wait_until(seen, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(std::min(deadline, now + kSleepSlice))));
+    s.h->space_waiters.fetch_sub(1, std::memory_order_relaxed);
+    if (st == SendStatus::full) st = s.put(bytes, buffers);
+  }
+  s.bump(s.h->send_blocked_ns, false, detail::monotonic_ns() - start);
+  if (st == SendStatus::ok) s.notify_data();
+  return st;
+}
+
+SendStatus Channel::send(Buffer&& buffer, std::span<const std::byte> bytes, std::chrono::nanoseconds timeout) noexcept {
+  return send(bytes, std::span<Buffer>(&buffer, 1), timeout);
+}
+
+std::size_t Channel::send_batch(std::span<const std::span<const std::byte>> messages, std::chrono::nanoseconds timeout,
+                                SendStatus* status) noexcept {
+  std::size_t sent = 0;
+  SendStatus st = SendStatus::ok;
+  for (const auto& m : messages) {
+    st = s_->put(m, {});
+    if (st == SendStatus::full && s_->policy != Backpressure::fail) {
+      s_->notify_data();  // let receivers make room before we wait
+      st = send(m, {}, timeout);
+    }
+    if (st != SendStatus::ok) break;
+    ++sent;
+  }
+  if (sent) s_->notify_data();
+  if (status) *status = st;
+  return sent;
+}
+
+// ---- receive -------------------------------------------------------------------------------------
+
+ReceiveStatus Channel::State::take(Message& out) noexcept {
+  const std::uint32_t me = detail::self_pid();
+  for (;;) {
+    const std::uint64_t pos = h->head.load(std::memory_order_acquire);
+    ring::SlotHeader* s = slot(pos);
+    std::uint64_t w = s->word.load(std::memory_order_acquire);
+    const std::int32_t d = ring::distance(w, pos);
+    if (d < 0) return ReceiveStatus::empty;  // still the previous lap (its reader is finishing)
+    const ring::SlotState st = ring::state_of(w);
+    if (d == 0 && st == ring::SlotState::empty) return ReceiveStatus::empty;
+    if (d == 0 && st == ring::SlotState::writing) {  // a producer is filling it — or died doing so
+      if (check_stuck(s, w)) continue;
+      return ReceiveStatus::empty;
+    }
+    if (d > 0 || st == ring::SlotState::reading) {  // pos already taken: help head along
+      std::uint64_t expected = pos;
+      h->head.compare_exchange_strong(expected, pos + 1, std::memory_order_acq_rel);
+      continue;
+    }
+    // (pos, full): C1, C2
+    const std::uint64_t claimed = ring::make_word(pos, ring::SlotState::reading, me);
+    if (!consumer_cas) {
+      s->word.store(claimed, std::memory_order_relaxed);
+      h->head.store(pos + 1, std::memory_order_relaxed);
+    } else {
+      if (!s->word.compare_exchange_strong(w, claimed, std::memory_order_acquire)) continue;
+      std::uint64_t expected = pos;
+      h->head.compare_exchange_strong(expected, pos + 1, std::memory_order_relaxed);
+    }
+    if (s->flags & ring::kSkip) {  // a producer gave up on this slot
+      s->handles = 0;
+      s->word.store(ring::make_word(pos + capacity, ring::SlotState::empty, 0), std::memory_order_seq_cst);
+      notify_space();
+      continue;
+    }
+    // C3
+    const std::uint32_t n = s->handles;
+    const std::uint32_t len = std::min<std::uint32_t>(s->bytes, static_cast<std::uint32_t>(payload_capacity() - n * ring::kHandleBytes));
+    std::memcpy(out.prepare(len), ring::payload_of(s) + std::size_t(n) * ring::kHandleBytes, len);
+    out.set_position(pos);
+    if (n) {
+      const std::uint32_t slot_id = holder(pos);
+      for (std::uint32_t i = 0; i < n; ++i) {
+        std::optional<Buffer> b = pool ? pool->adopt(ring::handle_at(s, static_cast<int>(i)), slot_id) : std::nullopt;
+        if (b)
+          out.buffers().push_back(std::move(*b));
+        else {
+          if (pool) pool->release(ring::handle_at(s, static_cast<int>(i)), slot_id);
+          out.add_lost();
+        }
+      }
+    }
+    // C4. seq_cst: visible before C5 reads space_waiters.
+    s->handles = 0;
+    s->word.store(ring::make_word(pos + capacity, ring::SlotState::empty, 0), std::memory_order_seq_cst);
+    bump(h->receives, !consumer_cas);
+    return ReceiveStatus::ok;
+  }
+}
+
+ReceiveStatus Channel::try_receive(Message& out) noexcept {
+  out.clear();
+  ReceiveStatus st = s_->take(out);
+  if (st == ReceiveStatus::ok) s_->notify_space();
+  return st;
+}
+
+ReceiveStatus Channel::receive(Message& out, std::chrono::nanoseconds timeout) noexcept {
+  return receive_spin(out, s_->h->spin, timeout);
+}
+
+ReceiveStatus Channel::receive_spin(Message& out, std::uint32_t spin, std::chrono::nanoseconds timeout) noexcept {
+  State& s = *s_;
+  out.clear();
+  ReceiveStatus st = s.take(out);
+  for (std::uint32_t i = 0; i < spin && st == ReceiveStatus::empty; ++i) {
+    cpu_relax();
+    st = s.take(out);
+  }
+  if (st == ReceiveStatus::ok) {
+    s.notify_space();
+    return st;
+  }
+  if (timeout <= std::chrono::nanoseconds::zero()) return st;
+  const std::uint64_t start = detail::monotonic_ns();
+  const std::uint64_t deadline = timeout == kForever ? UINT64_MAX : start + static_cast<std::uint64_t>(timeout.count());
+  while (st == ReceiveStatus::empty) {
+    const std::uint64_t now = detail::monotonic_ns();
+    if (now >= deadline) {
+      st = ReceiveStatus::timed_out;
+      break;
+    }
+    s.h->data_waiters.fetch_add(1, std::memory_order_seq_cst);
+    const std::uint32_t seen = s.h->data.value();
+    st = s.take(out);  // re-check after announcing ourselves (Dekker with P5/P6)
+    if (st == ReceiveStatus::empty)
+      s.h->data.wait_until(seen, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(std::min(deadline, now + kSleepSlice))));
+    s.h->data_waiters.fetch_sub(1, std::memory_order_relaxed);
+    if (st == ReceiveStatus::empty) st = s.take(out);
+  }
+  s.bump(s.h->receive_blocked_ns, false, detail::monotonic_ns() - start);
+  if (st == ReceiveStatus::ok) s.notify_space();
+  return st;
+}
+
+std::size_t Channel::receive_batch(std::span<Message> out, std::chrono::nanoseconds timeout) noexcept {
+  if (out.empty()) return 0;
+  if (receive(out[0], timeout) != ReceiveStatus::ok) return 0;
+  std::size_t got = 1;
+  for (; got < out.size(); ++got) {
+    out[got].clear();
+    if (s_->take(out[got]) != ReceiveStatus::ok) break;
+  }
+  if (got > 1) s_->notify_space();
+  return got;
+}
+
+// ---- recovery ------------------------------------------------------------------------------------
+
+void Channel::State::release_slot_handles(ring::SlotHeader* s, std::uint64_t pos) noexcept {
+  const std::uint32_t n = std::min<std::uint32_t>(s->handles, static_cast<std::uint32_t>(payload_capacity() / ring::kHandleBytes));
+  if (pool)
+    for (std::uint32_t i = 0; i < n; ++i) pool->release(ring::handle_at(s, static_cast<int>(i)), holder(pos));
+  s->handles = 0;
+}
+
+// R1–R3 for a slot observed as `observed` (writing or reading by a dead pid).
+bool Channel::State::recover(ring::SlotHeader* s, std::uint64_t observed) noexcept {
+  const std::uint32_t me = detail::self_pid();
+  const std::uint64_t pos_lo = ring::seq_of(observed);
+  std::uint64_t w = observed;
+  if (!s->word.compare_exchange_strong(w, ring::make_word(pos_lo, ring::SlotState::reading, me), std::memory_order_acq_rel))
+    return false;  // R1 lost: progress or another recoverer
+  release_slot_handles(s, pos_lo);  // R2 (holder ids depend only on pos & mask)
+  s->word.store(ring::make_word(pos_lo + capacity, ring::SlotState::empty, 0), std::memory_order_seq_cst);  // R3
+  h->recovered.fetch_add(1, std::memory_order_relaxed);
+  notify_space();
+  notify_data();
+  return true;
+}
+
+// Called when `w` (writing/reading by someone) is in our way. True if it was
+// recovered (the caller retries).
+bool Channel::State::check_stuck(ring::SlotHeader* s, std::uint64_t w) noexcept {
+  const ring::SlotState st = ring::state_of(w);
+  if (st != ring::SlotState::writing && st != ring::SlotState::reading) return false;
+  const std::uint64_t now = detail::monotonic_ns();
+  if (w != stuck_word) {
+    stuck_word = w;
+    stuck_since = now;
+    return false;
+  }
+  if (now - stuck_since < static_cast<std::uint64_t>(std::chrono::nanoseconds(kStuckCheck).count())) return false;
+  stuck_since = now;  // next check one interval later
+  const std::uint32_t pid = ring::pid_of(w);
+  if (pid == 0 || detail::process_liveness(static_cast<pid_t>(pid), 0) != detail::Liveness::dead) return false;
+  return recover(s, w);
+}
+
+std::uint32_t Channel::reclaim(std::uint32_t pid) noexcept {
+  State& s = *s_;
+  std::uint32_t n = 0;
+  if (pid == 0) return 0;
+  for (std::uint32_t i = 0; i < s.capacity; ++i) {
+    ring::SlotHeader* sl = s.slot(i);
+    const std::uint64_t w = sl->word.load(std::memory_order_acquire);
+    const ring::SlotState st = ring::state_of(w);
+    if ((st == ring::SlotState::writing || st == ring::SlotState::reading) && ring::pid_of(w) == (pid & ring::kPidMask))
+      n += s.recover(sl, w) ? 1 : 0;
+  }
+  return n;
+}
+
+std::uint32_t Channel::reclaim_dead() noexcept {
+  State& s = *s_;
+  std::uint32_t n = 0;
+  for (std::uint32_t i = 0; i < s.capacity; ++i) {
+    ring::SlotHeader* sl = s.slot(i);
+    const std::uint64_t w = sl->word.load(std::memory_order_acquire);
+    const ring::SlotState st = ring::state_of(w);
+    if (st != ring::SlotState::writing && st != ring::SlotState::reading) continue;
+    const std::uint32_t pid = ring::pid_of(w);
+    if (pid && detail::process_liveness(static_cast<pid_t>(pid), 0) == detail::Liveness::dead) n += s.recover(sl, w) ? 1 : 0;
+  }
+  return n;
+}
+
+std::uint32_t Channel::discard_all() noexcept {
+  std::uint32_t n = 0;
+  Message m;
+  while (s_->take(m) == ReceiveStatus::ok) {
+    m.clear();
+    ++n;
+  }
+  if (n) s_->notify_space();
+  return n;
+}
+
+ChannelStats Channel::stats() const {
+  const ChannelHeader* h = s_->h;
+  ChannelStats st;
+  st.name = s_->name;
+  st.kind = kind();
+  st.backpressure = s_->policy;
+  st.capacity = s_->capacity;
+  st.slot_bytes = s_->slot_bytes;
+  const std::uint64_t head = h->head.load(std::memory_order_acquire);
+  const std::uint64_t tail = h->tail.load(std::memory_order_acquire);
+  st.depth = tail > head ? std::min<std::uint64_t>(tail - head, s_->capacity) : 0;
+  st.sends = h->sends.load(std::memory_order_relaxed);
+  st.receives = h->receives.load(std::memory_order_relaxed);
+  st.drops = h->drops.load(std::memory_order_relaxed);
+  st.recovered = h->recovered.load(std::memory_order_relaxed);
+  st.send_blocked_ns = h->send_blocked_ns.load(std::memory_order_relaxed);
+  st.receive_blocked_ns = h->receive_blocked_ns.load(std::memory_order_relaxed);
+  st.data_waiters = h->data_waiters.load(std::memory_order_relaxed);
+  st.space_waiters = h->space_waiters.load(std::memory_order_relaxed);
+  return st;
+}
+
+// ---- poller --------------------------------------------------------------------------------------
+
+ChannelPoller::ChannelPoller(Channel& channel)
+    : waiters_(&channel.s_->h->data_waiters), listener_(channel.s_->h->data) {
+  // A permanent "waiter" while the poller lives, so that every send notifies.
+  waiters_->fetch_add(1, std::memory_order_seq_cst);
+}
+
+ChannelPoller::~ChannelPoller() { waiters_->fetch_sub(1, std::memory_order_relaxed); }
+
+}  // namespace ipc
