@@ -61,10 +61,14 @@ class Message {
   // Handles that could not be taken over (a buffer that went away: only
   // possible after a reclaim raced the receive). 0 normally.
   std::uint32_t lost_buffers() const noexcept { return lost_buffers_; }
+  // Broadcast, lossy policy: messages this subscriber missed (overwritten
+  // before it read them) right before this one. 0 for channels.
+  std::uint64_t missed() const noexcept { return missed_; }
   void clear() noexcept {
     size_ = 0;
     buffers_.clear();
     lost_buffers_ = 0;
+    missed_ = 0;
   }
 
   // Receive-side plumbing (used by Channel / Subscriber).
@@ -78,6 +82,7 @@ class Message {
   }
   void set_position(std::uint64_t p) noexcept { position_ = p; }
   void add_lost() noexcept { ++lost_buffers_; }
+  void add_missed(std::uint64_t n) noexcept { missed_ += n; }
 
  private:
   std::unique_ptr<std::byte[]> bytes_;
@@ -86,6 +91,7 @@ class Message {
   std::vector<Buffer> buffers_;
   std::uint64_t position_ = 0;
   std::uint32_t lost_buffers_ = 0;
+  std::uint64_t missed_ = 0;
 };
 
 namespace ring {

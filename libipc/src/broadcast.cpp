@@ -1,0 +1,639 @@
+#include "ipc/broadcast.hpp"
+
+#include <sched.h>
+#include <sys/random.h>
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "ipc/detail/process.hpp"
+#include "ipc/error.hpp"
+
+namespace ipc {
+
+namespace {
+
+constexpr std::uint32_t kBroadcastMagic = 0x42524443;  // "BRDC"
+constexpr std::uint32_t kBroadcastVersion = 1;
+constexpr std::uint64_t kSleepSlice = 50'000'000;
+constexpr std::uint64_t kActive = 1;
+
+struct alignas(64) BroadcastHeader {
+  std::uint32_t magic;
+  std::uint32_t version;
+  std::uint32_t capacity;
+  std::uint32_t slot_bytes;
+  std::uint32_t policy;
+  std::uint32_t pool_id;
+  std::uint32_t tag;
+  std::uint32_t max_subscribers;
+  std::uint64_t subs_offset;
+  std::uint64_t slots_offset;
+  std::uint64_t object_bytes;
+  alignas(64) std::atomic<std::uint64_t> tail;
+  std::atomic<std::uint64_t> publishes;
+  std::atomic<std::uint64_t> recovered;
+  std::atomic<std::uint64_t> publish_blocked_ns;
+  alignas(64) std::atomic<std::uint64_t> claim_generation;
+  alignas(64) std::atomic<std::uint32_t> data_waiters;
+  alignas(64) std::atomic<std::uint32_t> space_waiters;
+  Event data;
+  Event space;
+};
+static_assert(sizeof(BroadcastHeader) % 64 == 0);
+
+struct alignas(64) SubscriberSlot {
+  std::atomic<std::uint64_t> owner;  // pid << 32 | generation << 1 | active; 0 = free
+  std::atomic<std::uint64_t> token;
+  std::atomic<std::uint64_t> cursor;
+  std::atomic<std::uint64_t> received;
+  std::atomic<std::uint64_t> missed;
+};
+static_assert(sizeof(SubscriberSlot) == 64);
+
+void validate(const BroadcastConfig& c, std::string_view name) {
+  const std::string what = "broadcast '" + std::string(name) + "': ";
+  if (c.capacity < 2 || c.capacity > ring::kMaxCapacity || (c.capacity & (c.capacity - 1)))
+    throw Error(ErrorCode::invalid_argument, what + "capacity " + std::to_string(c.capacity) +
+                                                 " is not a power of two between 2 and 65536 (e.g. 256)");
+  if (c.slot_bytes < 64 || c.slot_bytes > 65536 || c.slot_bytes % 64)
+    throw Error(ErrorCode::invalid_argument, what + "slot_bytes " + std::to_string(c.slot_bytes) +
+                                                 " must be a multiple of 64 between 64 and 65536 "
+                                                 "(16 bytes of it are the slot header)");
+  if (c.max_subscribers < 1 || c.max_subscribers > Broadcast::kMaxSubscribersLimit)
+    throw Error(ErrorCode::invalid_argument, what + "max_subscribers " + std::to_string(c.max_subscribers) +
+                                                 " must be between 1 and 4096");
+  if (c.policy != BroadcastPolicy::lossy && c.policy != BroadcastPolicy::blocking)
+    throw Error(ErrorCode::invalid_argument, what + "unknown policy");
+}
+
+inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
+
+std::uint64_t deadline_after(std::chrono::nanoseconds timeout) {
+  if (timeout == kForever) return UINT64_MAX;
+  return detail::monotonic_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(0, timeout.count()));
+}
+
+}  // namespace
+
+struct Broadcast::State {
+  std::string name;
+  BroadcastHeader* h = nullptr;
+  SubscriberSlot* subs = nullptr;
+  std::byte* slots = nullptr;
+  BufferPool* pool = nullptr;
+  std::uint32_t capacity = 0;
+  std::uint32_t mask = 0;
+  std::uint32_t slot_bytes = 0;
+  std::uint32_t tag = 0;
+  std::uint32_t max_subscribers = 0;
+  bool blocking = false;
+  // Publisher side, per process: a lower bound of the slowest cursor.
+  std::atomic<std::uint64_t> min_cursor{0};
+  std::uint64_t stuck_word = 0;
+  std::uint64_t stuck_since = 0;
+
+  ring::SlotHeader* slot(std::uint64_t pos) const noexcept { return ring::slot_at(slots, slot_bytes, mask, pos); }
+  std::uint32_t holder(std::uint64_t pos) const noexcept { return ring::slot_holder(tag, static_cast<std::uint32_t>(pos & mask)); }
+  std::size_t payload_capacity() const noexcept { return slot_bytes - ring::kSlotHeaderBytes; }
+
+  SendStatus put(std::span<const std::byte> bytes, std::span<Buffer> buffers) noexcept;
+  bool room_for(std::uint64_t pos) noexcept;
+  void release_slot_handles(ring::SlotHeader* s, std::uint64_t pos) noexcept;
+  bool recover(ring::SlotHeader* s, std::uint64_t observed) noexcept;
+  bool stuck_and_dead(std::uint64_t w, std::uint64_t& since_word, std::uint64_t& since) noexcept;
+  bool free_subscriber_if_dead(int i, bool check_now) noexcept;
+  void notify_data() noexcept {
+    if (h->data_waiters.load(std::memory_order_seq_cst) != 0) h->data.notify();
+  }
+};
+
+std::size_t Broadcast::bytes_needed(const BroadcastConfig& c) {
+  return sizeof(BroadcastHeader) + std::size_t(c.max_subscribers) * sizeof(SubscriberSlot) +
+         std::size_t(c.capacity) * c.slot_bytes;
+}
+
+namespace {
+
+std::shared_ptr<Broadcast::State> attach(Segment& segment, std::string_view name, void* data, std::size_t size,
+                                         BufferPool* pool) {
+  const std::string what = "broadcast '" + std::string(name) + "' in segment '" + segment.name() + "'";
+  auto* h = static_cast<BroadcastHeader*>(data);
+  if (size < sizeof(BroadcastHeader)) throw Error(ErrorCode::corrupted, what + ": object too small for a broadcast header");
+  if (h->magic != kBroadcastMagic) throw Error(ErrorCode::bad_magic, what + ": not an initialised broadcast channel");
+  if (h->version != kBroadcastVersion)
+    throw Error(ErrorCode::version_mismatch, what + ": layout version " + std::to_string(h->version) +
+                                                 ", this libipc reads " + std::to_string(kBroadcastVersion));
+  BroadcastConfig c;
+  c.capacity = h->capacity;
+  c.slot_bytes = h->slot_bytes;
+  c.policy = static_cast<BroadcastPolicy>(h->policy);
+  c.max_subscribers = h->max_subscribers;
+  try {
+    validate(c, name);
+  } catch (const Error& e) {
+    throw Error(ErrorCode::corrupted, what + ": bad header (" + e.what() + ")");
+  }
+  if (h->subs_offset != sizeof(BroadcastHeader) ||
+      h->slots_offset != sizeof(BroadcastHeader) + std::size_t(c.max_subscribers) * sizeof(SubscriberSlot) ||
+      Broadcast::bytes_needed(c) > size)
+    throw Error(ErrorCode::corrupted, what + ": subscriber table or slot area does not fit the object");
+  if (pool && h->pool_id != pool->pool_id())
+    throw Error(ErrorCode::invalid_argument, what + " was created for pool id " + std::to_string(h->pool_id) +
+                                                 ", not pool '" + pool->name() + "' (id " + std::to_string(pool->pool_id()) +
+                                                 "): open it with the pool it was created with");
+  auto s = std::make_shared<Broadcast::State>();
+  s->name = std::string(name);
+  s->h = h;
+  s->subs = reinterpret_cast<SubscriberSlot*>(reinterpret_cast<std::byte*>(h) + h->subs_offset);
+  s->slots = reinterpret_cast<std::byte*>(h) + h->slots_offset;
+  s->pool = pool;
+  s->capacity = c.capacity;
+  s->mask = c.capacity - 1;
+  s->slot_bytes = c.slot_bytes;
+  s->tag = h->tag;
+  s->max_subscribers = c.max_subscribers;
+  s->blocking = c.policy == BroadcastPolicy::blocking;
+  return s;
+}
+
+}  // namespace
+
+Broadcast Broadcast::create(Segment& segment, std::string_view name, const BroadcastConfig& config, BufferPool* pool) {
+  validate(config, name);
+  std::uint32_t tag = 0;
+  if (::getrandom(&tag, sizeof tag, 0) != sizeof tag) tag = static_cast<std::uint32_t>(detail::monotonic_ns());
+  const std::size_t bytes = bytes_needed(config);
+  Object obj = segment.create_object(name, ObjectType::broadcast, bytes, [&](void* data, std::size_t) {
+    auto* h = new (data) BroadcastHeader{};
+    h->capacity = config.capacity;
+    h->slot_bytes = config.slot_bytes;
+    h->policy = static_cast<std::uint32_t>(config.policy);
+    h->pool_id = pool ? pool->pool_id() : 0;
+    h->tag = tag & 0x3fff;
+    h->max_subscribers = config.max_subscribers;
+    h->subs_offset = sizeof(BroadcastHeader);
+    h->slots_offset = sizeof(BroadcastHeader) + std::size_t(config.max_subscribers) * sizeof(SubscriberSlot);
+    h->object_bytes = bytes;
+    new (&h->data) Event();
+    new (&h->space) Event();
+    auto* base = static_cast<std::byte*>(data);
+    for (std::uint32_t i = 0; i < config.max_subscribers; ++i) new (base + h->subs_offset + i * sizeof(SubscriberSlot)) SubscriberSlot{};
+    for (std::uint32_t i = 0; i < config.capacity; ++i) {
+      auto* s = new (base + h->slots_offset + std::size_t(i) * config.slot_bytes) ring::SlotHeader{};
+      s->word.store(ring::make_word(i, ring::SlotState::empty, 0), std::memory_order_relaxed);
+    }
+    h->version = kBroadcastVersion;
+    h->magic = kBroadcastMagic;
+  });
+  return Broadcast(attach(segment, name, obj.data, obj.info.size, pool));
+}
+
+Broadcast Broadcast::open(Segment& segment, std::string_view name, BufferPool* pool) {
+  Object obj = segment.open_object(name, ObjectType::broadcast);
+  return Broadcast(attach(segment, name, obj.data, obj.info.size, pool));
+}
+
+Broadcast::Broadcast(std::shared_ptr<State> s) noexcept : s_(std::move(s)) {}
+Broadcast::Broadcast(Broadcast&&) noexcept = default;
+Broadcast& Broadcast::operator=(Broadcast&&) noexcept = default;
+Broadcast::~Broadcast() = default;
+
+std::uint32_t Broadcast::capacity() const noexcept { return s_->capacity; }
+std::size_t Broadcast::max_payload() const noexcept { return s_->payload_capacity(); }
+const std::string& Broadcast::name() const noexcept { return s_->name; }
+
+// ---- subscribers -----------------------------------------------------------------------------------
+
+// Frees subscriber slot i if its owner is dead. check_now: look even if we
+// found it dead a moment ago (callers rate-limit).
+bool Broadcast::State::free_subscriber_if_dead(int i, bool) noexcept {
+  SubscriberSlot& sl = subs[i];
+  std::uint64_t owner = sl.owner.load(std::memory_order_acquire);
+  if (owner == 0) return false;
+  const std::uint64_t token = sl.token.load(std::memory_order_acquire);
+  if (detail::process_liveness(static_cast<pid_t>(owner >> 32), token) != detail::Liveness::dead) return false;
+  return sl.owner.compare_exchange_strong(owner, 0, std::memory_order_acq_rel);
+}
+
+Subscriber Broadcast::subscribe(StartAt start) {
+  State& s = *s_;
+  const std::uint64_t pid = detail::self_pid();
+  for (int pass = 0; pass < 2; ++pass) {
+    for (std::uint32_t i = 0; i < s.max_subscribers; ++i) {
+      SubscriberSlot& sl = s.subs[i];
+      std::uint64_t owner = sl.owner.load(std::memory_order_acquire);
+      if (owner != 0 && !(pass == 1 && s.free_subscriber_if_dead(static_cast<int>(i), true))) continue;
+      owner = 0;
+      const std::uint64_t gen = s.h->claim_generation.fetch_add(1, std::memory_order_relaxed) + 1;
+      const std::uint64_t claimed = pid << 32 | (gen & 0x7fffffff) << 1;  // not active yet: cursor not valid
+      if (!sl.owner.compare_exchange_strong(owner, claimed, std::memory_order_acq_rel)) continue;
+      sl.token.store(detail::self_token(), std::memory_order_relaxed);
+      sl.received.store(0, std::memory_order_relaxed);
+      sl.missed.store(0, std::memory_order_relaxed);
+      const std::uint64_t tail = s.h->tail.load(std::memory_order_acquire);
+      std::uint64_t cursor = tail;
+      if (start == StartAt::newest && tail > 0) cursor = tail - 1;
+      if (start == StartAt::oldest) cursor = tail > s.capacity ? tail - s.capacity : 0;
+      sl.cursor.store(cursor, std::memory_order_relaxed);
+      // seq_cst: a blocking publisher scanning after this sees our cursor;
+      // one that scanned before may overwrite `cursor` once: then we start
+      // with an overrun (counted), never with a torn message.
+      sl.owner.store(claimed | kActive, std::memory_order_seq_cst);
+      return Subscriber(s_, static_cast<int>(i), claimed | kActive);
+    }
+  }
+  throw Error(ErrorCode::no_space, "broadcast '" + s.name + "': all " + std::to_string(s.max_subscribers) +
+                                       " subscriber slots belong to live processes; unsubscribe idle subscribers or "
+                                       "create the broadcast with a larger BroadcastConfig::max_subscribers (≤ 4096)");
+}
+
+Subscriber::Subscriber(std::shared_ptr<Broadcast::State> s, int slot, std::uint64_t owner) noexcept
+    : s_(std::move(s)), slot_(slot), owner_(owner) {
+  cursor_ = s_->subs[slot_].cursor.load(std::memory_order_relaxed);
+}
+
+Subscriber::Subscriber(Subscriber&& o) noexcept
+    : s_(std::move(o.s_)), slot_(o.slot_), owner_(o.owner_), cursor_(o.cursor_), stuck_word_(o.stuck_word_),
+      stuck_since_(o.stuck_since_) {
+  o.slot_ = -1;
+}
+
+Subscriber& Subscriber::operator=(Subscriber&& o) noexcept {
+  if (this != &o) {
+    unsubscribe();
+    s_ = std::move(o.s_);
+    slot_ = o.slot_;
+    owner_ = o.owner_;
+    cursor_ = o.cursor_;
+    stuck_word_ = o.stuck_word_;
+    stuck_since_ = o.stuck_since_;
+    o.slot_ = -1;
+  }
+  return *this;
+}
+
+Subscriber::~Subscriber() { unsubscribe(); }
+
+void Subscriber::unsubscribe() noexcept {
+  if (slot_ < 0 || !s_) return;
+  std::uint64_t owner = owner_;
+  s_->subs[slot_].owner.compare_exchange_strong(owner, 0, std::memory_order_acq_rel);
+  slot_ = -1;
+  if (s_->blocking && s_->h->space_waiters.load(std::memory_order_seq_cst)) s_->h->space.notify();
+}
+
+std::uint64_t Subscriber::cursor() const noexcept { return cursor_; }
+std::uint64_t Subscriber::lag() const noexcept {
+  const std::uint64_t tail = s_->h->tail.load(std::memory_order_acquire);
+  return tail > cursor_ ? tail - cursor_ : 0;
+}
+std::uint64_t Subscriber::missed() const noexcept {
+  return slot_ >= 0 ? s_->subs[slot_].missed.load(std::memory_order_relaxed) : 0;
+}
+std::uint64_t Subscriber::received() const noexcept {
+  return slot_ >= 0 ? s_->subs[slot_].received.load(std::memory_order_relaxed) : 0;
+}
+
+// ---- publish ---------------------------------------------------------------------------------------
+
+// B0: is every active cursor past pos - capacity? Rescans only when the
+// cached lower bound says no; frees dead subscribers that hold us back.
+bool Broadcast::State::room_for(std::uint64_t pos) noexcept {
+  if (pos < capacity || pos - capacity < min_cursor.load(std::memory_order_relaxed)) return true;
+  std::uint64_t lowest = UINT64_MAX;
+  int slowest = -1;
+  for (std::uint32_t i = 0; i < max_subscribers; ++i) {
+    const std::uint64_t owner = subs[i].owner.load(std::memory_order_seq_cst);
+    if (!(owner & kActive)) continue;
+    const std::uint64_t c = subs[i].cursor.load(std::memory_order_seq_cst);
+    if (c < lowest) {
+      lowest = c;
+      slowest = static_cast<int>(i);
+    }
+  }
+  if (slowest < 0) lowest = pos;  // nobody subscribed: nothing to wait for
+  min_cursor.store(lowest, std::memory_order_relaxed);
+  if (pos - capacity < lowest) return true;
+  // Held back by `slowest`: if it made no progress for kStuckCheck and is dead, drop it.
+  const std::uint64_t key = std::uint64_t(slowest) << 48 ^ lowest;
+  const std::uint64_t now = detail::monotonic_ns();
+  if (key != stuck_word) {
+    stuck_word = key;
+    stuck_since = now;
+  } else if (now - stuck_since >= static_cast<std::uint64_t>(std::chrono::nanoseconds(Channel::kStuckCheck).count())) {
+    stuck_since = now;
+    if (free_subscriber_if_dead(slowest, true)) return room_for(pos);
+  }
+  return false;
+}
+
+void Broadcast::State::release_slot_handles(ring::SlotHeader* s, std::uint64_t pos) noexcept {
+  const std::uint32_t n = std::min<std::uint32_t>(s->handles, static_cast<std::uint32_t>(payload_capacity() / ring::kHandleBytes));
+  if (pool)
+    for (std::uint32_t i = 0; i < n; ++i) pool->release(ring::handle_at(s, static_cast<int>(i)), holder(pos));
+  s->handles = 0;
+}
+
+// R1–R3 for a slot left (pos, writing, dead).
+bool Broadcast::State::recover(ring::SlotHeader* s, std::uint64_t observed) noexcept {
+  const std::uint64_t pos = ring::seq_of(observed);
+  std::uint64_t w = observed;
+  if (!s->word.compare_exchange_strong(w, ring::make_word(pos, ring::SlotState::writing, detail::self_pid()),
+                                       std::memory_order_acq_rel))
+    return false;
+  release_slot_handles(s, pos);
+  s->bytes = 0;
+  s->flags = ring::kSkip;
+  s->word.store(ring::make_word(pos, ring::SlotState::full, 0), std::memory_order_seq_cst);
+  h->recovered.fetch_add(1, std::memory_order_relaxed);
+  notify_data();
+  return true;
+}
+
+bool Broadcast::State::stuck_and_dead(std::uint64_t w, std::uint64_t& seen_word, std::uint64_t& since) noexcept {
+  if (ring::state_of(w) != ring::SlotState::writing) return false;
+  const std::uint64_t now = detail::monotonic_ns();
+  if (w != seen_word) {
+    seen_word = w;
+    since = now;
+    return false;
+  }
+  if (now - since < static_cast<std::uint64_t>(std::chrono::nanoseconds(Channel::kStuckCheck).count())) return false;
+  since = now;
+  const std::uint32_t pid = ring::pid_of(w);
+  return pid != 0 && detail::process_liveness(static_cast<pid_t>(pid), 0) == detail::Liveness::dead;
+}
+
+SendStatus Broadcast::State::put(std::span<const std::byte> bytes, std::span<Buffer> buffers) noexcept {
+  const std::size_t n = buffers.size();
+  if (n > ring::kMaxHandles || bytes.size() + n * ring::kHandleBytes > payload_capacity()) return SendStatus::too_large;
+  if (n) {
+    if (!pool) return SendStatus::no_pool;
+    for (const Buffer& b : buffers)
+      if (!b || b.handle().pool_id != pool->pool_id()) return SendStatus::bad_buffer;
+  }
+  const std::uint32_t me = detail::self_pid();
+  for (;;) {
+    const std::uint64_t pos = h->tail.load(std::memory_order_acquire);
+    if (blocking && !room_for(pos)) return SendStatus::full;  // B0
+    ring::SlotHeader* s = slot(pos);
+    std::uint64_t w = s->word.load(std::memory_order_acquire);
+    const std::int32_t d = ring::distance(w, pos);
+    const ring::SlotState st = ring::state_of(w);
+    const bool free_slot = (d == 0 && st == ring::SlotState::empty) ||
+                           (d == -static_cast<std::int32_t>(capacity) && st == ring::SlotState::full);
+    if (!free_slot) {
+      if (d == -static_cast<std::int32_t>(capacity)) {  // the previous lap is still being written
+        if (stuck_and_dead(w, stuck_word, stuck_since) && recover(s, w)) continue;
+        return SendStatus::full;
+      }
+      std::uint64_t expected = pos;  // pos already claimed: help tail along
+      h->tail.compare_exchange_strong(expected, pos + 1, std::memory_order_acq_rel);
+      continue;
+    }
+    if (!s->word.compare_exchange_strong(w, ring::make_word(pos, ring::SlotState::writing, me), std::memory_order_acquire))
+      continue;  // B1
+    std::uint64_t expected = pos;
+    h->tail.compare_exchange_strong(expected, pos + 1, std::memory_order_relaxed);  // B2
+    release_slot_handles(s, pos);  // B3 (the old message's references; same slot, same holder id)
+    // B4
+    std::byte* p = ring::payload_of(s);
+    for (std::size_t i = 0; i < n; ++i) std::memcpy(p + i * ring::kHandleBytes, &buffers[i].handle(), ring::kHandleBytes);
+    if (!bytes.empty()) std::memcpy(p + n * ring::kHandleBytes, bytes.data(), bytes.size());
+    s->bytes = static_cast<std::uint32_t>(bytes.size());
+    s->flags = 0;
+    s->handles = static_cast<std::uint8_t>(n);
+    const std::uint32_t slot_id = holder(pos);
+    std::size_t moved = 0;
+    for (; moved < n; ++moved)
+      if (pool->transfer(buffers[moved].handle(), me, slot_id) != BufferPool::HandleStatus::ok) break;
+    if (moved < n) {
+      for (std::size_t i = 0; i < moved; ++i) pool->transfer(buffers[i].handle(), slot_id, me);
+      s->handles = 0;
+      s->flags = ring::kSkip;
+      s->word.store(ring::make_word(pos, ring::SlotState::full, 0), std::memory_order_seq_cst);
+      return SendStatus::bad_buffer;
+    }
+    for (std::size_t i = 0; i < n; ++i) buffers[i].detach();
+    s->word.store(ring::make_word(pos, ring::SlotState::full, 0), std::memory_order_seq_cst);  // B5
+    h->publishes.fetch_add(1, std::memory_order_relaxed);
+    return SendStatus::ok;
+  }
+}
+
+SendStatus Broadcast::try_publish(std::span<const std::byte> bytes, std::span<Buffer> buffers) noexcept {
+  SendStatus st = s_->put(bytes, buffers);
+  s_->notify_data();  // B6 (also after a skip commit)
+  return st;
+}
+
+SendStatus Broadcast::publish(std::span<const std::byte> bytes, std::span<Buffer> buffers, std::chrono::nanoseconds timeout) noexcept {
+  State& s = *s_;
+  SendStatus st = s.put(bytes, buffers);
+  if (st == SendStatus::full && !s.blocking) {  // a lossy ring is "full" only behind a writer: let it finish
+    const std::uint64_t deadline = deadline_after(timeout);
+    while (st == SendStatus::full && detail::monotonic_ns() < deadline) {
+      sched_yield();
+      st = s.put(bytes, buffers);
+    }
+    if (st == SendStatus::full) st = SendStatus::timed_out;
+  } else if (st == SendStatus::full) {
+    const std::uint64_t start = detail::monotonic_ns();
+    const std::uint64_t deadline = deadline_after(timeout);
+    while (st == SendStatus::full) {
+      const std::uint64_t now = detail::monotonic_ns();
+      if (now >= deadline) {
+        st = SendStatus::timed_out;
+        break;
+      }
+      s.h->space_waiters.fetch_add(1, std::memory_order_seq_cst);
+      const std::uint32_t seen = s.h->space.value();
+      st = s.put(bytes, buffers);
+      if (st == SendStatus::full)
+        s.h->space.wait_until(seen, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(std::min(deadline, now + kSleepSlice))));
+      s.h->space_waiters.fetch_sub(1, std::memory_order_relaxed);
+      if (st == SendStatus::full) st = s.put(bytes, buffers);
+    }
+    s.h->publish_blocked_ns.fetch_add(detail::monotonic_ns() - start, std::memory_order_relaxed);
+  }
+  s.notify_data();
+  return st;
+}
+
+// ---- receive ---------------------------------------------------------------------------------------
+
+ReceiveStatus Subscriber::take(Message& out) noexcept {
+  Broadcast::State& s = *s_;
+  SubscriberSlot& me = s.subs[slot_];
+  const std::uint32_t pid = detail::self_pid();
+  for (;;) {
+    const std::uint64_t c = cursor_;
+    ring::SlotHeader* sl = s.slot(c);
+    const std::uint64_t w = sl->word.load(std::memory_order_acquire);  // S1
+    const std::int32_t d = ring::distance(w, c);
+    const ring::SlotState st = ring::state_of(w);
+    if (d < 0 || (d == 0 && st == ring::SlotState::empty)) return ReceiveStatus::empty;
+    if (d == 0 && st == ring::SlotState::writing) {
+      if (s.stuck_and_dead(w, stuck_word_, stuck_since_) && s.recover(sl, w)) continue;
+      return ReceiveStatus::empty;
+    }
+    if (d > 0) {  // overwritten: jump to the oldest position still in the ring
+      const std::uint64_t tail = s.h->tail.load(std::memory_order_acquire);
+      const std::uint64_t next = std::max(c + 1, tail > s.capacity ? tail - s.capacity + 1 : c + 1);
+      me.missed.fetch_add(next - c, std::memory_order_relaxed);
+      out.add_missed(next - c);
+      cursor_ = next;
+      continue;
+    }
+    // (c, full): S2
+    const bool skip = sl->flags & ring::kSkip;
+    const std::uint32_t n = std::min<std::uint32_t>(sl->handles, static_cast<std::uint32_t>(s.payload_capacity() / ring::kHandleBytes));
+    const std::uint32_t len = std::min<std::uint32_t>(sl->bytes, static_cast<std::uint32_t>(s.payload_capacity() - n * ring::kHandleBytes));
+    std::memcpy(out.prepare(len), ring::payload_of(sl) + std::size_t(n) * ring::kHandleBytes, len);
+    BufferHandle handles[ring::kMaxHandles];
+    for (std::uint32_t i = 0; i < n; ++i) handles[i] = ring::handle_at(sl, static_cast<int>(i));
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (sl->word.load(std::memory_order_relaxed) != w) continue;  // overwritten during the copy: S1 again sees it
+    // S3: references of our own, then S4: still the same message?
+    std::uint32_t lost = 0;
+    if (!skip)
+      for (std::uint32_t i = 0; i < n; ++i) {
+        std::optional<Buffer> b;
+        if (s.pool) {
+          BufferPool::HandleStatus hs = s.pool->retain(handles[i], pid);
+          for (std::uint64_t until = 0; hs == BufferPool::HandleStatus::too_many_holders;) {
+            const std::uint64_t now = detail::monotonic_ns();
+            if (until == 0) until = now + static_cast<std::uint64_t>(std::chrono::nanoseconds(kHolderWait).count());
+            if (now >= until) break;
+            sched_yield();
+            hs = s.pool->retain(handles[i], pid);
+          }
+          if (hs == BufferPool::HandleStatus::ok) b = s.pool->adopt(handles[i], pid);
+        }
+        if (b)
+          out.buffers().push_back(std::move(*b));
+        else
+          ++lost;
+      }
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (sl->word.load(std::memory_order_acquire) != w) {  // S4 failed: release and treat as overrun
+      out.buffers().clear();
+      continue;
+    }
+    cursor_ = c + 1;  // S5
+    if (s.blocking) {
+      me.cursor.store(cursor_, std::memory_order_seq_cst);
+      if (s.h->space_waiters.load(std::memory_order_seq_cst)) s.h->space.notify();
+    } else {
+      me.cursor.store(cursor_, std::memory_order_release);
+    }
+    if (skip) continue;
+    for (std::uint32_t i = 0; i < lost; ++i) out.add_lost();
+    me.received.store(me.received.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    out.set_position(c);
+    return ReceiveStatus::ok;
+  }
+}
+
+ReceiveStatus Subscriber::try_receive(Message& out) noexcept {
+  out.clear();
+  if (slot_ < 0) return ReceiveStatus::empty;
+  return take(out);
+}
+
+ReceiveStatus Subscriber::receive(Message& out, std::chrono::nanoseconds timeout) noexcept {
+  out.clear();
+  if (slot_ < 0) return ReceiveStatus::empty;
+  ReceiveStatus st = take(out);
+  if (st == ReceiveStatus::ok || timeout <= std::chrono::nanoseconds::zero()) return st;
+  Broadcast::State& s = *s_;
+  const std::uint64_t deadline = deadline_after(timeout);
+  while (st == ReceiveStatus::empty) {
+    const std::uint64_t now = detail::monotonic_ns();
+    if (now >= deadline) return ReceiveStatus::timed_out;
+    s.h->data_waiters.fetch_add(1, std::memory_order_seq_cst);
+    const std::uint32_t seen = s.h->data.value();
+    st = take(out);
+    if (st == ReceiveStatus::empty)
+      s.h->data.wait_until(seen, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(std::min(deadline, now + kSleepSlice))));
+    s.h->data_waiters.fetch_sub(1, std::memory_order_relaxed);
+    if (st == ReceiveStatus::empty) st = take(out);
+  }
+  return st;
+}
+
+// ---- reclaim, stats --------------------------------------------------------------------------------
+
+std::uint32_t Broadcast::reclaim(std::uint32_t pid) noexcept {
+  State& s = *s_;
+  std::uint32_t n = 0;
+  if (pid == 0) return 0;
+  for (std::uint32_t i = 0; i < s.max_subscribers; ++i) {
+    std::uint64_t owner = s.subs[i].owner.load(std::memory_order_acquire);
+    if (owner != 0 && (owner >> 32) == pid && s.subs[i].owner.compare_exchange_strong(owner, 0, std::memory_order_acq_rel)) ++n;
+  }
+  for (std::uint32_t i = 0; i < s.capacity; ++i) {
+    ring::SlotHeader* sl = s.slot(i);
+    const std::uint64_t w = sl->word.load(std::memory_order_acquire);
+    if (ring::state_of(w) == ring::SlotState::writing && ring::pid_of(w) == (pid & ring::kPidMask)) n += s.recover(sl, w) ? 1 : 0;
+  }
+  if (n && s.blocking && s.h->space_waiters.load(std::memory_order_seq_cst)) s.h->space.notify();
+  return n;
+}
+
+std::uint32_t Broadcast::reclaim_dead() noexcept {
+  State& s = *s_;
+  std::uint32_t n = 0;
+  for (std::uint32_t i = 0; i < s.max_subscribers; ++i) n += s.free_subscriber_if_dead(static_cast<int>(i), true) ? 1 : 0;
+  for (std::uint32_t i = 0; i < s.capacity; ++i) {
+    ring::SlotHeader* sl = s.slot(i);
+    const std::uint64_t w = sl->word.load(std::memory_order_acquire);
+    if (ring::state_of(w) != ring::SlotState::writing) continue;
+    const std::uint32_t pid = ring::pid_of(w);
+    if (pid && detail::process_liveness(static_cast<pid_t>(pid), 0) == detail::Liveness::dead) n += s.recover(sl, w) ? 1 : 0;
+  }
+  if (n && s.blocking && s.h->space_waiters.load(std::memory_order_seq_cst)) s.h->space.notify();
+  return n;
+}
+
+BroadcastStats Broadcast::stats() const {
+  const State& s = *s_;
+  BroadcastStats st;
+  st.name = s.name;
+  st.policy = s.blocking ? BroadcastPolicy::blocking : BroadcastPolicy::lossy;
+  st.capacity = s.capacity;
+  st.slot_bytes = s.slot_bytes;
+  st.max_subscribers = s.max_subscribers;
+  st.tail = s.h->tail.load(std::memory_order_acquire);
+  st.publishes = s.h->publishes.load(std::memory_order_relaxed);
+  st.recovered = s.h->recovered.load(std::memory_order_relaxed);
+  st.publish_blocked_ns = s.h->publish_blocked_ns.load(std::memory_order_relaxed);
+  for (std::uint32_t i = 0; i < s.max_subscribers; ++i) {
+    const std::uint64_t owner = s.subs[i].owner.load(std::memory_order_acquire);
+    if (!(owner & kActive)) continue;
+    SubscriberStats sub;
+    sub.pid = static_cast<std::uint32_t>(owner >> 32);
+    sub.cursor = s.subs[i].cursor.load(std::memory_order_relaxed);
+    sub.lag = st.tail > sub.cursor ? st.tail - sub.cursor : 0;
+    sub.received = s.subs[i].received.load(std::memory_order_relaxed);
+    sub.missed = s.subs[i].missed.load(std::memory_order_relaxed);
+    sub.alive = detail::process_liveness(static_cast<pid_t>(sub.pid), s.subs[i].token.load(std::memory_order_relaxed)) !=
+                detail::Liveness::dead;
+    st.subscribers.push_back(sub);
+  }
+  return st;
+}
+
+// ---- poller ----------------------------------------------------------------------------------------
+
+SubscriberPoller::SubscriberPoller(Subscriber& subscriber)
+    : waiters_(&subscriber.s_->h->data_waiters), listener_(subscriber.s_->h->data) {
+  waiters_->fetch_add(1, std::memory_order_seq_cst);
+}
+
+SubscriberPoller::~SubscriberPoller() { waiters_->fetch_sub(1, std::memory_order_relaxed); }
+
+}  // namespace ipc
