@@ -37,6 +37,7 @@ struct alignas(64) BroadcastHeader {
   std::atomic<std::uint64_t> recovered;
   std::atomic<std::uint64_t> publish_blocked_ns;
   alignas(64) std::atomic<std::uint64_t> claim_generation;
+  std::atomic<std::uint64_t> joins;  // bumped after each subscriber activation: invalidates cached min cursors
   alignas(64) std::atomic<std::uint32_t> data_waiters;
   alignas(64) std::atomic<std::uint32_t> space_waiters;
   Event data;
@@ -90,10 +91,16 @@ struct Broadcast::State {
   std::uint32_t tag = 0;
   std::uint32_t max_subscribers = 0;
   bool blocking = false;
-  // Publisher side, per process: a lower bound of the slowest cursor.
+  // Publisher side, per process: a lower bound of the slowest cursor, valid
+  // while `joins` still equals min_epoch (a join may start below it).
   std::atomic<std::uint64_t> min_cursor{0};
-  std::uint64_t stuck_word = 0;
-  std::uint64_t stuck_since = 0;
+  std::atomic<std::uint64_t> min_epoch{UINT64_MAX};
+  // Stuck detection (see Channel): what keeps being in the way, and since when.
+  struct Stuck {
+    std::atomic<std::uint64_t> word{0};
+    std::atomic<std::uint64_t> since{0};
+  };
+  Stuck stuck_slot, stuck_subscriber;
 
   ring::SlotHeader* slot(std::uint64_t pos) const noexcept { return ring::slot_at(slots, slot_bytes, mask, pos); }
   std::uint32_t holder(std::uint64_t pos) const noexcept { return ring::slot_holder(tag, static_cast<std::uint32_t>(pos & mask)); }
@@ -103,7 +110,9 @@ struct Broadcast::State {
   bool room_for(std::uint64_t pos) noexcept;
   void release_slot_handles(ring::SlotHeader* s, std::uint64_t pos) noexcept;
   bool recover(ring::SlotHeader* s, std::uint64_t observed) noexcept;
-  bool stuck_and_dead(std::uint64_t w, std::uint64_t& since_word, std::uint64_t& since) noexcept;
+  bool stuck_for_long(std::uint64_t key, Stuck& t) noexcept;
+  bool stuck_and_dead(std::uint64_t w, Stuck& t) noexcept;
+  std::uint16_t high_bits_near_tail(std::uint32_t seq) const noexcept;
   bool free_subscriber_if_dead(int i, bool check_now) noexcept;
   void notify_data() noexcept {
     if (h->data_waiters.load(std::memory_order_seq_cst) != 0) h->data.notify();
@@ -140,6 +149,11 @@ std::shared_ptr<Broadcast::State> attach(Segment& segment, std::string_view name
       h->slots_offset != sizeof(BroadcastHeader) + std::size_t(c.max_subscribers) * sizeof(SubscriberSlot) ||
       Broadcast::bytes_needed(c) > size)
     throw Error(ErrorCode::corrupted, what + ": subscriber table or slot area does not fit the object");
+  if (!pool && h->pool_id != 0)
+    throw Error(ErrorCode::invalid_argument,
+                what + " carries buffers of pool id " + std::to_string(h->pool_id) +
+                    ": open it with that BufferPool (a process without the pool could not release the references "
+                    "its slots hold when it overwrites or recovers them)");
   if (pool && h->pool_id != pool->pool_id())
     throw Error(ErrorCode::invalid_argument, what + " was created for pool id " + std::to_string(h->pool_id) +
                                                  ", not pool '" + pool->name() + "' (id " + std::to_string(pool->pool_id()) +
@@ -213,7 +227,9 @@ bool Broadcast::State::free_subscriber_if_dead(int i, bool) noexcept {
   SubscriberSlot& sl = subs[i];
   std::uint64_t owner = sl.owner.load(std::memory_order_acquire);
   if (owner == 0) return false;
-  const std::uint64_t token = sl.token.load(std::memory_order_acquire);
+  // The token is written after the claim: until the owner is active it may
+  // still be the previous owner's, so judge by the pid alone then.
+  const std::uint64_t token = (owner & kActive) ? sl.token.load(std::memory_order_acquire) : 0;
   if (detail::process_liveness(static_cast<pid_t>(owner >> 32), token) != detail::Liveness::dead) return false;
   return sl.owner.compare_exchange_strong(owner, 0, std::memory_order_acq_rel);
 }
@@ -238,10 +254,14 @@ Subscriber Broadcast::subscribe(StartAt start) {
       if (start == StartAt::newest && tail > 0) cursor = tail - 1;
       if (start == StartAt::oldest) cursor = tail > s.capacity ? tail - s.capacity : 0;
       sl.cursor.store(cursor, std::memory_order_relaxed);
-      // seq_cst: a blocking publisher scanning after this sees our cursor;
-      // one that scanned before may overwrite `cursor` once: then we start
-      // with an overrun (counted), never with a torn message.
-      sl.owner.store(claimed | kActive, std::memory_order_seq_cst);
+      // Activate by CAS: if a reclaimer wrongly freed the claim meanwhile
+      // (impossible while we live, but cheap to rule out), start over.
+      // seq_cst, then `joins`: a blocking publisher that scans after this
+      // sees our cursor; one whose scan raced with it may overwrite our first
+      // position once — then we start with a counted overrun, never a torn message.
+      std::uint64_t expected = claimed;
+      if (!sl.owner.compare_exchange_strong(expected, claimed | kActive, std::memory_order_seq_cst)) continue;
+      s.h->joins.fetch_add(1, std::memory_order_seq_cst);
       return Subscriber(s_, static_cast<int>(i), claimed | kActive);
     }
   }
@@ -257,7 +277,7 @@ Subscriber::Subscriber(std::shared_ptr<Broadcast::State> s, int slot, std::uint6
 
 Subscriber::Subscriber(Subscriber&& o) noexcept
     : s_(std::move(o.s_)), slot_(o.slot_), owner_(o.owner_), cursor_(o.cursor_), stuck_word_(o.stuck_word_),
-      stuck_since_(o.stuck_since_) {
+      stuck_since_(o.stuck_since_), pending_missed_(o.pending_missed_), empty_polls_(o.empty_polls_) {
   o.slot_ = -1;
 }
 
@@ -270,6 +290,8 @@ Subscriber& Subscriber::operator=(Subscriber&& o) noexcept {
     cursor_ = o.cursor_;
     stuck_word_ = o.stuck_word_;
     stuck_since_ = o.stuck_since_;
+    pending_missed_ = o.pending_missed_;
+    empty_polls_ = o.empty_polls_;
     o.slot_ = -1;
   }
   return *this;
@@ -302,7 +324,11 @@ std::uint64_t Subscriber::received() const noexcept {
 // B0: is every active cursor past pos - capacity? Rescans only when the
 // cached lower bound says no; frees dead subscribers that hold us back.
 bool Broadcast::State::room_for(std::uint64_t pos) noexcept {
-  if (pos < capacity || pos - capacity < min_cursor.load(std::memory_order_relaxed)) return true;
+  if (pos < capacity) return true;
+  const std::uint64_t epoch = h->joins.load(std::memory_order_seq_cst);
+  if (epoch == min_epoch.load(std::memory_order_relaxed) && pos - capacity < min_cursor.load(std::memory_order_relaxed))
+    return true;
+  min_epoch.store(epoch, std::memory_order_relaxed);
   std::uint64_t lowest = UINT64_MAX;
   int slowest = -1;
   for (std::uint32_t i = 0; i < max_subscribers; ++i) {
@@ -317,15 +343,16 @@ bool Broadcast::State::room_for(std::uint64_t pos) noexcept {
   if (slowest < 0) lowest = pos;  // nobody subscribed: nothing to wait for
   min_cursor.store(lowest, std::memory_order_relaxed);
   if (pos - capacity < lowest) return true;
-  // Held back by `slowest`: if it made no progress for kStuckCheck and is dead, drop it.
-  const std::uint64_t key = std::uint64_t(slowest) << 48 ^ lowest;
-  const std::uint64_t now = detail::monotonic_ns();
-  if (key != stuck_word) {
-    stuck_word = key;
-    stuck_since = now;
-  } else if (now - stuck_since >= static_cast<std::uint64_t>(std::chrono::nanoseconds(Channel::kStuckCheck).count())) {
-    stuck_since = now;
-    if (free_subscriber_if_dead(slowest, true)) return room_for(pos);
+  // Held back by `slowest`. Its cursor may sit on a slot a dead publisher
+  // left writing (a poll-driven subscriber would never look again): recover
+  // it, the subscriber is notified and skips it. Or the subscriber itself is
+  // dead: drop it. Both only after kStuckCheck without progress.
+  ring::SlotHeader* at = slot(lowest);
+  const std::uint64_t w = at->word.load(std::memory_order_acquire);
+  if (ring::distance(w, lowest) == 0 && stuck_and_dead(w, stuck_slot)) recover(at, w);
+  if (stuck_for_long(std::uint64_t(slowest) << 48 ^ lowest, stuck_subscriber) && free_subscriber_if_dead(slowest, true)) {
+    min_epoch.store(UINT64_MAX, std::memory_order_relaxed);
+    return room_for(pos);
   }
   return false;
 }
@@ -344,27 +371,44 @@ bool Broadcast::State::recover(ring::SlotHeader* s, std::uint64_t observed) noex
   if (!s->word.compare_exchange_strong(w, ring::make_word(pos, ring::SlotState::writing, detail::self_pid()),
                                        std::memory_order_acq_rel))
     return false;
+  std::atomic_thread_fence(std::memory_order_release);  // the word change is ordered before our slot writes (seqlock)
   release_slot_handles(s, pos);
   s->bytes = 0;
   s->flags = ring::kSkip;
+  s->pos_high = high_bits_near_tail(static_cast<std::uint32_t>(pos));
   s->word.store(ring::make_word(pos, ring::SlotState::full, 0), std::memory_order_seq_cst);
   h->recovered.fetch_add(1, std::memory_order_relaxed);
   notify_data();
   return true;
 }
 
-bool Broadcast::State::stuck_and_dead(std::uint64_t w, std::uint64_t& seen_word, std::uint64_t& since) noexcept {
-  if (ring::state_of(w) != ring::SlotState::writing) return false;
+// True once `key` has been seen in the way for kStuckCheck (then re-arms).
+bool Broadcast::State::stuck_for_long(std::uint64_t key, Stuck& t) noexcept {
   const std::uint64_t now = detail::monotonic_ns();
-  if (w != seen_word) {
-    seen_word = w;
-    since = now;
+  if (key != t.word.load(std::memory_order_relaxed)) {
+    t.word.store(key, std::memory_order_relaxed);
+    t.since.store(now, std::memory_order_relaxed);
     return false;
   }
-  if (now - since < static_cast<std::uint64_t>(std::chrono::nanoseconds(Channel::kStuckCheck).count())) return false;
-  since = now;
+  if (now - t.since.load(std::memory_order_relaxed) < static_cast<std::uint64_t>(std::chrono::nanoseconds(Channel::kStuckCheck).count()))
+    return false;
+  t.since.store(now, std::memory_order_relaxed);
+  return true;
+}
+
+bool Broadcast::State::stuck_and_dead(std::uint64_t w, Stuck& t) noexcept {
+  if (ring::state_of(w) != ring::SlotState::writing || !stuck_for_long(w, t)) return false;
   const std::uint32_t pid = ring::pid_of(w);
   return pid != 0 && detail::process_liveness(static_cast<pid_t>(pid), 0) == detail::Liveness::dead;
+}
+
+// Bits 32–47 of the position whose low 32 bits are `seq`, taking the one
+// within a lap of tail (a slot being written is at most one lap behind it).
+std::uint16_t Broadcast::State::high_bits_near_tail(std::uint32_t seq) const noexcept {
+  const std::uint64_t tail = h->tail.load(std::memory_order_acquire);
+  std::uint64_t p = (tail & ~std::uint64_t{0xffffffff}) | seq;
+  if (p > tail + capacity) p -= std::uint64_t{1} << 32;
+  return static_cast<std::uint16_t>(p >> 32);
 }
 
 SendStatus Broadcast::State::put(std::span<const std::byte> bytes, std::span<Buffer> buffers) noexcept {
@@ -387,15 +431,18 @@ SendStatus Broadcast::State::put(std::span<const std::byte> bytes, std::span<Buf
                            (d == -static_cast<std::int32_t>(capacity) && st == ring::SlotState::full);
     if (!free_slot) {
       if (d == -static_cast<std::int32_t>(capacity)) {  // the previous lap is still being written
-        if (stuck_and_dead(w, stuck_word, stuck_since) && recover(s, w)) continue;
+        if (stuck_and_dead(w, stuck_slot) && recover(s, w)) continue;
         return SendStatus::full;
       }
       std::uint64_t expected = pos;  // pos already claimed: help tail along
       h->tail.compare_exchange_strong(expected, pos + 1, std::memory_order_acq_rel);
       continue;
     }
-    if (!s->word.compare_exchange_strong(w, ring::make_word(pos, ring::SlotState::writing, me), std::memory_order_acquire))
+    if (!s->word.compare_exchange_strong(w, ring::make_word(pos, ring::SlotState::writing, me), std::memory_order_acq_rel))
       continue;  // B1
+    // SYNC POINT: readers validate the word after copying (S4); our payload
+    // writes must not become visible before the word says `writing`.
+    std::atomic_thread_fence(std::memory_order_release);
     std::uint64_t expected = pos;
     h->tail.compare_exchange_strong(expected, pos + 1, std::memory_order_relaxed);  // B2
     release_slot_handles(s, pos);  // B3 (the old message's references; same slot, same holder id)
@@ -405,6 +452,7 @@ SendStatus Broadcast::State::put(std::span<const std::byte> bytes, std::span<Buf
     if (!bytes.empty()) std::memcpy(p + n * ring::kHandleBytes, bytes.data(), bytes.size());
     s->bytes = static_cast<std::uint32_t>(bytes.size());
     s->flags = 0;
+    s->pos_high = static_cast<std::uint16_t>(pos >> 32);
     s->handles = static_cast<std::uint8_t>(n);
     const std::uint32_t slot_id = holder(pos);
     std::size_t moved = 0;
@@ -450,6 +498,7 @@ SendStatus Broadcast::publish(std::span<const std::byte> bytes, std::span<Buffer
         break;
       }
       s.h->space_waiters.fetch_add(1, std::memory_order_seq_cst);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
       const std::uint32_t seen = s.h->space.value();
       st = s.put(bytes, buffers);
       if (st == SendStatus::full)
@@ -465,76 +514,110 @@ SendStatus Broadcast::publish(std::span<const std::byte> bytes, std::span<Buffer
 
 // ---- receive ---------------------------------------------------------------------------------------
 
+// How many polls that found nothing pass between checks of the 64-bit tail
+// (a subscriber 2^31+ positions behind sees laps that look older than its
+// cursor; reading tail on every empty poll would bounce the publishers' line).
+constexpr std::uint32_t kTailCheckEvery = 256;
+
 ReceiveStatus Subscriber::take(Message& out) noexcept {
   Broadcast::State& s = *s_;
   SubscriberSlot& me = s.subs[slot_];
   const std::uint32_t pid = detail::self_pid();
+  constexpr std::uint64_t kPosMask = (std::uint64_t{1} << 48) - 1;
   for (;;) {
     const std::uint64_t c = cursor_;
     ring::SlotHeader* sl = s.slot(c);
     const std::uint64_t w = sl->word.load(std::memory_order_acquire);  // S1
     const std::int32_t d = ring::distance(w, c);
     const ring::SlotState st = ring::state_of(w);
-    if (d < 0 || (d == 0 && st == ring::SlotState::empty)) return ReceiveStatus::empty;
-    if (d == 0 && st == ring::SlotState::writing) {
-      if (s.stuck_and_dead(w, stuck_word_, stuck_since_) && s.recover(sl, w)) continue;
-      return ReceiveStatus::empty;
-    }
-    if (d > 0) {  // overwritten: jump to the oldest position still in the ring
-      const std::uint64_t tail = s.h->tail.load(std::memory_order_acquire);
-      const std::uint64_t next = std::max(c + 1, tail > s.capacity ? tail - s.capacity + 1 : c + 1);
-      me.missed.fetch_add(next - c, std::memory_order_relaxed);
-      out.add_missed(next - c);
-      cursor_ = next;
-      continue;
-    }
-    // (c, full): S2
-    const bool skip = sl->flags & ring::kSkip;
-    const std::uint32_t n = std::min<std::uint32_t>(sl->handles, static_cast<std::uint32_t>(s.payload_capacity() / ring::kHandleBytes));
-    const std::uint32_t len = std::min<std::uint32_t>(sl->bytes, static_cast<std::uint32_t>(s.payload_capacity() - n * ring::kHandleBytes));
-    std::memcpy(out.prepare(len), ring::payload_of(sl) + std::size_t(n) * ring::kHandleBytes, len);
-    BufferHandle handles[ring::kMaxHandles];
-    for (std::uint32_t i = 0; i < n; ++i) handles[i] = ring::handle_at(sl, static_cast<int>(i));
-    std::atomic_thread_fence(std::memory_order_acquire);
-    if (sl->word.load(std::memory_order_relaxed) != w) continue;  // overwritten during the copy: S1 again sees it
-    // S3: references of our own, then S4: still the same message?
-    std::uint32_t lost = 0;
-    if (!skip)
-      for (std::uint32_t i = 0; i < n; ++i) {
-        std::optional<Buffer> b;
-        if (s.pool) {
-          BufferPool::HandleStatus hs = s.pool->retain(handles[i], pid);
-          for (std::uint64_t until = 0; hs == BufferPool::HandleStatus::too_many_holders;) {
-            const std::uint64_t now = detail::monotonic_ns();
-            if (until == 0) until = now + static_cast<std::uint64_t>(std::chrono::nanoseconds(kHolderWait).count());
-            if (now >= until) break;
-            sched_yield();
-            hs = s.pool->retain(handles[i], pid);
-          }
-          if (hs == BufferPool::HandleStatus::ok) b = s.pool->adopt(handles[i], pid);
+    bool overrun = d > 0;
+    if (!overrun && (d < 0 || st != ring::SlotState::full)) {
+      if (d == 0 && st == ring::SlotState::writing) {
+        std::uint64_t key = stuck_word_;
+        if (w != key) {
+          stuck_word_ = w;
+          stuck_since_ = detail::monotonic_ns();
+        } else if (detail::monotonic_ns() - stuck_since_ >=
+                   static_cast<std::uint64_t>(std::chrono::nanoseconds(Channel::kStuckCheck).count())) {
+          stuck_since_ = detail::monotonic_ns();
+          const std::uint32_t writer = ring::pid_of(w);
+          if (writer && detail::process_liveness(static_cast<pid_t>(writer), 0) == detail::Liveness::dead && s.recover(sl, w))
+            continue;
         }
-        if (b)
-          out.buffers().push_back(std::move(*b));
-        else
-          ++lost;
       }
-    std::atomic_thread_fence(std::memory_order_acquire);
-    if (sl->word.load(std::memory_order_acquire) != w) {  // S4 failed: release and treat as overrun
-      out.buffers().clear();
-      continue;
+      // Nothing new — unless we are so far behind that a newer lap looks old.
+      if (++empty_polls_ % kTailCheckEvery != 0) return ReceiveStatus::empty;
+      const std::uint64_t tail = s.h->tail.load(std::memory_order_acquire);
+      if (tail <= c || tail - c <= s.capacity) return ReceiveStatus::empty;
+      overrun = true;
     }
-    cursor_ = c + 1;  // S5
-    if (s.blocking) {
-      me.cursor.store(cursor_, std::memory_order_seq_cst);
-      if (s.h->space_waiters.load(std::memory_order_seq_cst)) s.h->space.notify();
-    } else {
-      me.cursor.store(cursor_, std::memory_order_release);
+    if (!overrun) {
+      // (c, full): S2. The word has the position's low 32 bits, pos_high the next 16.
+      const std::uint16_t high = sl->pos_high;
+      const bool skip = sl->flags & ring::kSkip;
+      const std::uint32_t n = std::min<std::uint32_t>(sl->handles, static_cast<std::uint32_t>(s.payload_capacity() / ring::kHandleBytes));
+      const std::uint32_t len = std::min<std::uint32_t>(sl->bytes, static_cast<std::uint32_t>(s.payload_capacity() - n * ring::kHandleBytes));
+      std::memcpy(out.prepare(len), ring::payload_of(sl) + std::size_t(n) * ring::kHandleBytes, len);
+      BufferHandle handles[ring::kMaxHandles];
+      for (std::uint32_t i = 0; i < n; ++i) handles[i] = ring::handle_at(sl, static_cast<int>(i));
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (sl->word.load(std::memory_order_relaxed) != w) continue;  // overwritten during the copy: S1 again sees it
+      if (((std::uint64_t{high} << 32 | ring::seq_of(w)) & kPosMask) != (c & kPosMask)) {
+        overrun = true;  // a lap 2^32·k positions newer than ours
+      } else {
+        // S3: references of our own, then S4: still the same message?
+        std::uint32_t lost = 0;
+        if (!skip)
+          for (std::uint32_t i = 0; i < n; ++i) {
+            std::optional<Buffer> b;
+            if (s.pool) {
+              BufferPool::HandleStatus hs = s.pool->retain(handles[i], pid);
+              for (std::uint64_t until = 0; hs == BufferPool::HandleStatus::too_many_holders;) {
+                const std::uint64_t now = detail::monotonic_ns();
+                if (until == 0) until = now + static_cast<std::uint64_t>(std::chrono::nanoseconds(kHolderWait).count());
+                if (now >= until) break;
+                sched_yield();
+                hs = s.pool->retain(handles[i], pid);
+              }
+              if (hs == BufferPool::HandleStatus::ok) {
+                b = s.pool->adopt(handles[i], pid);
+                if (!b) s.pool->release(handles[i], pid);  // no client slot: give the reference back
+              }
+            }
+            if (b)
+              out.buffers().push_back(std::move(*b));
+            else
+              ++lost;
+          }
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (sl->word.load(std::memory_order_acquire) != w) {  // S4 failed: release, S1 again sees the overrun
+          out.buffers().clear();
+          continue;
+        }
+        cursor_ = c + 1;  // S5
+        if (s.blocking) {
+          me.cursor.store(cursor_, std::memory_order_seq_cst);
+          if (s.h->space_waiters.load(std::memory_order_seq_cst)) s.h->space.notify();
+        } else {
+          me.cursor.store(cursor_, std::memory_order_release);
+        }
+        if (skip) continue;
+        for (std::uint32_t i = 0; i < lost; ++i) out.add_lost();
+        me.received.store(me.received.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        out.add_missed(pending_missed_);
+        pending_missed_ = 0;
+        out.set_position(c);
+        return ReceiveStatus::ok;
+      }
     }
-    if (skip) continue;
-    for (std::uint32_t i = 0; i < lost; ++i) out.add_lost();
-    me.received.store(me.received.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    out.set_position(c);
-    return ReceiveStatus::ok;
+    // Overrun: position c is gone. Jump to the oldest position still in the
+    // ring (its slot is the next to be overwritten; S4 tells if it already was).
+    const std::uint64_t tail = s.h->tail.load(std::memory_order_acquire);
+    const std::uint64_t next = std::max(c + 1, tail > s.capacity ? tail - s.capacity : c + 1);
+    me.missed.fetch_add(next - c, std::memory_order_relaxed);
+    pending_missed_ += next - c;  // reported with the next message received
+    cursor_ = next;
+    me.cursor.store(cursor_, std::memory_order_release);
   }
 }
 
@@ -555,6 +638,7 @@ ReceiveStatus Subscriber::receive(Message& out, std::chrono::nanoseconds timeout
     const std::uint64_t now = detail::monotonic_ns();
     if (now >= deadline) return ReceiveStatus::timed_out;
     s.h->data_waiters.fetch_add(1, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
     const std::uint32_t seen = s.h->data.value();
     st = take(out);
     if (st == ReceiveStatus::empty)

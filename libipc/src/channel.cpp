@@ -83,9 +83,16 @@ struct Channel::State {
   bool spsc = false;
   bool consumer_cas = true;  // MPMC, or SPSC with drop_oldest (the producer then also consumes)
   Backpressure policy = Backpressure::block;
-  // Stuck detection: the slot word we keep finding in the way, and since when.
-  std::uint64_t stuck_word = 0;
-  std::uint64_t stuck_since = 0;
+  // Stuck detection: the slot word we keep finding in the way, and since
+  // when; one tracker per side, so a process that meets a stuck slot on
+  // both sides does not keep resetting its own timer. Atomics only because
+  // threads of one process share a Channel handle (a lost update delays a
+  // check, it never causes a wrong recovery: liveness decides).
+  struct Stuck {
+    std::atomic<std::uint64_t> word{0};
+    std::atomic<std::uint64_t> since{0};
+  };
+  Stuck stuck_send, stuck_receive;
 
   ring::SlotHeader* slot(std::uint64_t pos) const noexcept { return ring::slot_at(slots, slot_bytes, mask, pos); }
   std::uint32_t holder(std::uint64_t pos) const noexcept { return ring::slot_holder(tag, static_cast<std::uint32_t>(pos & mask)); }
@@ -94,7 +101,7 @@ struct Channel::State {
   SendStatus put(std::span<const std::byte> bytes, std::span<Buffer> buffers) noexcept;
   ReceiveStatus take(Message& out) noexcept;
   bool drop_oldest() noexcept;
-  bool check_stuck(ring::SlotHeader* s, std::uint64_t w) noexcept;
+  bool check_stuck(ring::SlotHeader* s, std::uint64_t w, Stuck& t) noexcept;
   bool recover(ring::SlotHeader* s, std::uint64_t observed) noexcept;
   void release_slot_handles(ring::SlotHeader* s, std::uint64_t pos) noexcept;
   void notify_data() noexcept {
@@ -162,6 +169,11 @@ std::unique_ptr<Channel::State> attach(Segment& segment, std::string_view name, 
   }
   if (h->slots_offset != sizeof(ChannelHeader) || Channel::bytes_needed(c) > size)
     throw Error(ErrorCode::corrupted, what + ": slot area does not fit the object");
+  if (!pool && h->pool_id != 0)
+    throw Error(ErrorCode::invalid_argument,
+                what + " carries buffers of pool id " + std::to_string(h->pool_id) +
+                    ": open it with that BufferPool (a process without the pool could not take over or release "
+                    "the references its slots hold)");
   if (pool && h->pool_id != pool->pool_id())
     throw Error(ErrorCode::invalid_argument, what + " was created for pool id " + std::to_string(h->pool_id) +
                                                  ", not pool '" + pool->name() + "' (id " + std::to_string(pool->pool_id()) +
@@ -244,7 +256,7 @@ SendStatus Channel::State::put(std::span<const std::byte> bytes, std::span<Buffe
     std::uint64_t w = s->word.load(std::memory_order_acquire);
     const std::int32_t d = ring::distance(w, pos);
     if (d < 0) {  // the slot still serves pos - capacity: full, unless a dead claimer holds it
-      if (ring::state_of(w) != ring::SlotState::full && check_stuck(s, w)) continue;
+      if (ring::state_of(w) != ring::SlotState::full && check_stuck(s, w, stuck_send)) continue;
       return SendStatus::full;
     }
     if (d > 0 || ring::state_of(w) != ring::SlotState::empty) {  // pos already claimed: help tail along
@@ -299,8 +311,16 @@ bool Channel::State::drop_oldest() noexcept {
   if (h->tail.load(std::memory_order_acquire) - pos < capacity) return false;
   ring::SlotHeader* s = slot(pos);
   std::uint64_t w = s->word.load(std::memory_order_acquire);
-  if (ring::distance(w, pos) != 0) return false;
-  if (ring::state_of(w) != ring::SlotState::full) return check_stuck(s, w);
+  const std::int32_t d = ring::distance(w, pos);
+  if (d > 0 || (d == 0 && ring::state_of(w) == ring::SlotState::reading)) {
+    // pos was taken (or recovered) but head not advanced: help it along, as
+    // take() does — with no consumer running, nobody else would.
+    std::uint64_t expected = pos;
+    h->head.compare_exchange_strong(expected, pos + 1, std::memory_order_acq_rel);
+    return true;
+  }
+  if (d < 0) return false;
+  if (ring::state_of(w) != ring::SlotState::full) return check_stuck(s, w, stuck_send);
   if (!s->word.compare_exchange_strong(w, ring::make_word(pos, ring::SlotState::reading, detail::self_pid()),
                                        std::memory_order_acquire))
     return false;
@@ -331,10 +351,8 @@ SendStatus Channel::send(std::span<const std::byte> bytes, std::span<Buffer> buf
     const std::uint64_t start = detail::monotonic_ns();
     const std::uint64_t limit = timeout == kForever ? UINT64_MAX : start + static_cast<std::uint64_t>(std::max<std::int64_t>(0, timeout.count()));
     while (st == SendStatus::full) {
-      if (!s.drop_oldest()) {  // the slot in the way is being read or written: give it a moment
-        if (detail::monotonic_ns() >= limit) return SendStatus::timed_out;
-        sched_yield();
-      }
+      if (detail::monotonic_ns() >= limit) return SendStatus::timed_out;
+      if (!s.drop_oldest()) sched_yield();  // the slot in the way is being read or written: give it a moment
       st = s.put(bytes, buffers);
     }
     if (st == SendStatus::ok) s.notify_data();
@@ -354,6 +372,7 @@ SendStatus Channel::send(std::span<const std::byte> bytes, std::span<Buffer> buf
       break;
     }
     s.h->space_waiters.fetch_add(1, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // the re-check's loads stay after the announcement
     const std::uint32_t seen = s.h->space.value();
     st = s.put(bytes, buffers);  // re-check after announcing ourselves
     if (st == SendStatus::full) s.h->space.wait_until(seen, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(std::min(deadline, now + kSleepSlice))));
@@ -400,7 +419,7 @@ ReceiveStatus Channel::State::take(Message& out) noexcept {
     const ring::SlotState st = ring::state_of(w);
     if (d == 0 && st == ring::SlotState::empty) return ReceiveStatus::empty;
     if (d == 0 && st == ring::SlotState::writing) {  // a producer is filling it — or died doing so
-      if (check_stuck(s, w)) continue;
+      if (check_stuck(s, w, stuck_receive)) continue;
       return ReceiveStatus::empty;
     }
     if (d > 0 || st == ring::SlotState::reading) {  // pos already taken: help head along
@@ -482,6 +501,7 @@ ReceiveStatus Channel::receive_spin(Message& out, std::uint32_t spin, std::chron
       break;
     }
     s.h->data_waiters.fetch_add(1, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // the re-check's loads stay after the announcement
     const std::uint32_t seen = s.h->data.value();
     st = s.take(out);  // re-check after announcing ourselves (Dekker with P5/P6)
     if (st == ReceiveStatus::empty)
@@ -532,17 +552,18 @@ bool Channel::State::recover(ring::SlotHeader* s, std::uint64_t observed) noexce
 
 // Called when `w` (writing/reading by someone) is in our way. True if it was
 // recovered (the caller retries).
-bool Channel::State::check_stuck(ring::SlotHeader* s, std::uint64_t w) noexcept {
+bool Channel::State::check_stuck(ring::SlotHeader* s, std::uint64_t w, Stuck& t) noexcept {
   const ring::SlotState st = ring::state_of(w);
   if (st != ring::SlotState::writing && st != ring::SlotState::reading) return false;
   const std::uint64_t now = detail::monotonic_ns();
-  if (w != stuck_word) {
-    stuck_word = w;
-    stuck_since = now;
+  if (w != t.word.load(std::memory_order_relaxed)) {
+    t.word.store(w, std::memory_order_relaxed);
+    t.since.store(now, std::memory_order_relaxed);
     return false;
   }
-  if (now - stuck_since < static_cast<std::uint64_t>(std::chrono::nanoseconds(kStuckCheck).count())) return false;
-  stuck_since = now;  // next check one interval later
+  if (now - t.since.load(std::memory_order_relaxed) < static_cast<std::uint64_t>(std::chrono::nanoseconds(kStuckCheck).count()))
+    return false;
+  t.since.store(now, std::memory_order_relaxed);  // next check one interval later
   const std::uint32_t pid = ring::pid_of(w);
   if (pid == 0 || detail::process_liveness(static_cast<pid_t>(pid), 0) != detail::Liveness::dead) return false;
   return recover(s, w);

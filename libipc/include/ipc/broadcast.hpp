@@ -144,7 +144,8 @@ class Broadcast {
   // already_exists, no_space. `pool`: needed to publish or receive buffers.
   static Broadcast create(Segment& segment, std::string_view name, const BroadcastConfig& config = {},
                           BufferPool* pool = nullptr);
-  // Throws not_found, invalid_argument (another object type, or another pool),
+  // Throws not_found, already_exists (the name is an object of another type),
+  // invalid_argument (another pool, or none although it carries buffers),
   // bad_magic / version_mismatch / corrupted.
   static Broadcast open(Segment& segment, std::string_view name, BufferPool* pool = nullptr);
   static std::size_t bytes_needed(const BroadcastConfig& config);
@@ -213,6 +214,8 @@ class Subscriber {
   std::uint64_t cursor_ = 0;  // local copy (the slot's cursor is the published one)
   std::uint64_t stuck_word_ = 0;
   std::uint64_t stuck_since_ = 0;
+  std::uint64_t pending_missed_ = 0;  // overrun positions not yet reported with a message
+  std::uint32_t empty_polls_ = 0;
 };
 
 // Pollable fd for a subscriber; same loop as ChannelPoller (arm, try_receive

@@ -139,9 +139,12 @@ class Channel {
   // slot_bytes not a multiple of 64 in 64…65536), already_exists, no_space.
   static Channel create(Segment& segment, std::string_view name, const ChannelConfig& config = {},
                         BufferPool* pool = nullptr);
-  // Opens an existing channel. Throws not_found, invalid_argument (an object
-  // of another type), bad_magic / version_mismatch / corrupted, or
-  // invalid_argument when `pool` is not the pool the channel was created with.
+  // Opens an existing channel. Throws not_found, already_exists (the name is
+  // an object of another type, as Segment::open_object says), bad_magic /
+  // version_mismatch / corrupted, or
+  // invalid_argument when `pool` is not the pool the channel was created
+  // with — or is missing although it was created with one (a process that
+  // cannot release slot references must not touch slots that hold them).
   static Channel open(Segment& segment, std::string_view name, BufferPool* pool = nullptr);
   static std::size_t bytes_needed(const ChannelConfig& config);
 
@@ -182,6 +185,7 @@ class Channel {
   // reclaim() for every slot whose claimer is provably dead.
   std::uint32_t reclaim_dead() noexcept;
   // Discards every unread message (releasing its buffers). Returns how many.
+  // It is a receive: on an SPSC channel only the consumer may call it.
   std::uint32_t discard_all() noexcept;
 
   ChannelStats stats() const;
@@ -209,6 +213,10 @@ class Channel {
 //   }
 // The receive after arm() is what makes it race-free: a message committed
 // before arm() is found by it, one after makes the fd readable.
+// Give epoll_wait a timeout (e.g. 50 ms) and call try_receive after it: a
+// slot left `writing` by a killed producer is only recovered by a receive
+// that finds it stuck for Channel::kStuckCheck, and no notification comes
+// for it.
 class ChannelPoller {
  public:
   explicit ChannelPoller(Channel& channel);  // throws no_space (listener slots), see EventListener

@@ -20,6 +20,10 @@
 //   bytes     inline payload length
 //   handles   number of BufferHandles at the start of the payload
 //   flags     kSkip: a slot whose producer gave up; consumers skip it
+//   pos_high  broadcast only: bits 32–47 of the position, so a subscriber
+//             that fell 2^32 or more behind is told it was overrun instead
+//             of mistaking a newer lap for its own (48-bit positions: at
+//             10^7 messages/s they wrap after 325 days)
 //   payload   handles[handles] (16 B each), then `bytes` inline bytes
 //
 // References. A handle in a slot is one counted reference in the pool, held
@@ -30,12 +34,14 @@
 // reference that another slot holds to the same buffer.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "ipc/pool.hpp"
@@ -49,8 +55,21 @@ namespace ipc {
 class Message {
  public:
   Message() = default;
-  Message(Message&&) noexcept = default;
-  Message& operator=(Message&&) noexcept = default;
+  // A moved-from Message is empty and can receive again.
+  Message(Message&& o) noexcept { *this = std::move(o); }
+  Message& operator=(Message&& o) noexcept {
+    if (this != &o) {
+      bytes_ = std::move(o.bytes_);
+      capacity_ = std::exchange(o.capacity_, 0);
+      size_ = std::exchange(o.size_, 0);
+      buffers_ = std::move(o.buffers_);
+      o.buffers_.clear();
+      position_ = std::exchange(o.position_, 0);
+      lost_buffers_ = std::exchange(o.lost_buffers_, 0);
+      missed_ = std::exchange(o.missed_, 0);
+    }
+    return *this;
+  }
 
   std::span<const std::byte> data() const noexcept { return {bytes_.get(), size_}; }
   std::size_t size() const noexcept { return size_; }
@@ -73,9 +92,9 @@ class Message {
 
   // Receive-side plumbing (used by Channel / Subscriber).
   std::byte* prepare(std::size_t n) {
-    if (n > capacity_) {
-      bytes_ = std::make_unique<std::byte[]>(n);
-      capacity_ = n;
+    if (n > capacity_ || !bytes_) {  // never null, so memcpy(prepare(0), src, 0) is defined
+      capacity_ = std::max<std::size_t>(n, 64);
+      bytes_ = std::make_unique<std::byte[]>(capacity_);
     }
     size_ = n;
     return bytes_.get();
@@ -124,7 +143,7 @@ struct SlotHeader {
   std::uint32_t bytes;
   std::uint8_t handles;
   std::uint8_t flags;
-  std::uint16_t reserved;
+  std::uint16_t pos_high;  // broadcast: bits 32–47 of the position (the word has the low 32)
 };
 static_assert(sizeof(SlotHeader) == kSlotHeaderBytes);
 
