@@ -591,10 +591,10 @@ std::array<double, kSides> throughput_rep(const TputObjects& o, State* st, ipc::
 
 // ---- broadcast ---------------------------------------------------------------------------------
 
-// Subscriber process: busy-polls until the publisher is done and the ring is drained.
+// Subscription process: busy-polls until the publisher is done and the ring is drained.
 void subscriber_body(ipc::Segment& seg, State* st, int index) {
   ipc::Broadcast bc = ipc::Broadcast::open(seg, kBroadcast);
-  ipc::Subscriber sub = bc.subscribe(ipc::StartAt::next);
+  ipc::Subscription sub = bc.subscribe(ipc::StartAt::next);
   st->bc.ready.fetch_add(1, std::memory_order_acq_rel);
   ipc::Message m;
   std::uint64_t last = 0;

@@ -174,7 +174,7 @@ bool broadcast_demo(ipc::Segment& seg, const std::string& domain) {
     if ((subs[k] = ::fork()) == 0) {
       ipc::Segment mine = attach(domain);
       ipc::Broadcast b = ipc::Broadcast::open(mine, "events");
-      ipc::Subscriber sub = b.subscribe(ipc::StartAt::next);
+      ipc::Subscription sub = b.subscribe(ipc::StartAt::next);
       auto& res = mine.open<Result>("events.result", ipc::ObjectType::raw);
       res.ready.fetch_add(1);
       ipc::Message m;

@@ -7,7 +7,7 @@
 // under traffic; a stuck live subscriber (timed_out, then unsubscribe) and a
 // SIGKILLed one (dropped by the stuck check; reclaim); publishers SIGKILLed
 // at random points (no hang, no torn or duplicated message, recovered slots
-// counted); a SubscriberPoller in a real epoll loop; the subscriber limit and
+// counted); a SubscriptionPoller in a real epoll loop; the subscriber limit and
 // reuse of a dead subscriber's slot (and a claim in progress is not taken for
 // a dead one); bad arguments; a moved-from Message is reusable.
 //
@@ -156,7 +156,7 @@ std::uint32_t total_in_use(const PoolStats& s) {
 
 // Receives until `count` messages of publishers [0, publishers) arrived, each
 // publisher's in its own order with nothing missed (blocking policy).
-int read_all_in_order(Subscriber& sub, int publishers, std::uint32_t per_publisher) {
+int read_all_in_order(Subscription& sub, int publishers, std::uint32_t per_publisher) {
   std::vector<std::uint32_t> next(static_cast<std::size_t>(publishers), 0);
   std::uint64_t last_position = 0;
   Message m;
@@ -194,7 +194,7 @@ void blocking_fan_out(int publishers, int subscribers, std::uint32_t per_publish
   for (int s = 0; s < subscribers; ++s)
     subs.push_back(kids.spawn([&] {
       Attached a = attach(d, "fan");
-      Subscriber sub = a.bc.subscribe(StartAt::next);
+      Subscription sub = a.bc.subscribe(StartAt::next);
       board.subscribed.fetch_add(1);
       return read_all_in_order(sub, publishers, per_publisher);
     }));
@@ -256,7 +256,7 @@ TEST_CASE("lossy policy: a slow subscriber is overrun and its sequence gaps equa
   Children kids(20s);
   pid_t fast = kids.spawn([&] {
     Attached a = attach(d, "lossy");
-    Subscriber sub = a.bc.subscribe();
+    Subscription sub = a.bc.subscribe();
     board.subscribed.fetch_add(1);
     Message m;
     for (std::uint32_t i = 0; i < kCount; ++i) {
@@ -271,7 +271,7 @@ TEST_CASE("lossy policy: a slow subscriber is overrun and its sequence gaps equa
   });
   pid_t slow = kids.spawn([&] {
     Attached a = attach(d, "lossy");
-    Subscriber sub = a.bc.subscribe();
+    Subscription sub = a.bc.subscribe();
     board.subscribed.fetch_add(1);
     Message m;
     std::int64_t last = -1;
@@ -360,7 +360,7 @@ TEST_CASE("zero-copy: pool buffers fanned out to 3 subscriber processes and in_u
       Segment own = Segment::open("zc", {.domain = d.name()});
       BufferPool p = BufferPool::open(own, "pool");
       Broadcast b = Broadcast::open(own, kName, &p);
-      Subscriber sub = b.subscribe();
+      Subscription sub = b.subscribe();
       board.subscribed.fetch_add(1);
       Message last;
       Message m;
@@ -431,7 +431,7 @@ TEST_CASE("zero-copy: a killed subscriber's references return with pool.reclaim 
     Segment own = Segment::open("zk", {.domain = d.name()});
     BufferPool p = BufferPool::open(own, "pool");
     Broadcast b = Broadcast::open(own, kName, &p);
-    Subscriber sub = b.subscribe();
+    Subscription sub = b.subscribe();
     board.subscribed.store(1);
     std::vector<Message> held(4);
     for (auto& m : held)
@@ -455,7 +455,7 @@ TEST_CASE("zero-copy: a killed subscriber's references return with pool.reclaim 
   CHECK(bc.reclaim(static_cast<std::uint32_t>(holder)) == 1);  // its cursor slot
 
   // Holder bound: the ring's slot + 9 subscribers can hold one buffer.
-  std::vector<Subscriber> subs;
+  std::vector<Subscription> subs;
   for (int i = 0; i < 10; ++i) subs.push_back(bc.subscribe());
   Allocation a = pool.allocate(1000);
   REQUIRE(a.buffer);
@@ -482,7 +482,7 @@ TEST_CASE("Message: a moved-from Message can be reused for the next receive") {
   TestDomain d;
   Segment seg = Segment::create("moved", opts(d));
   Broadcast bc = Broadcast::create(seg, kName, config(8, 128, BroadcastPolicy::lossy));
-  Subscriber sub = bc.subscribe();
+  Subscription sub = bc.subscribe();
   for (std::uint32_t i = 0; i < 2; ++i) REQUIRE(bc.publish(payload(64, 0, i)) == SendStatus::ok);
   Message m;
   REQUIRE(sub.try_receive(m) == ReceiveStatus::ok);
@@ -499,14 +499,14 @@ TEST_CASE("Message: a moved-from Message can be reused for the next receive") {
   CHECK(check_payload(m.data())->seq == 1);
 }
 
-// A message of no inline bytes into a fresh Message: Subscriber::take
+// A message of no inline bytes into a fresh Message: Subscription::take
 // (broadcast.cpp, S2) calls memcpy(out.prepare(0) == nullptr, src, 0), which
 // UBSan (IPC_SANITIZE=address build) reports as a null argument and aborts on.
 TEST_CASE("empty message: a publish of zero inline bytes is received as an empty message") {
   TestDomain d;
   Segment seg = Segment::create("empty", opts(d));
   Broadcast bc = Broadcast::create(seg, kName, config(8, 128, BroadcastPolicy::lossy));
-  Subscriber sub = bc.subscribe();
+  Subscription sub = bc.subscribe();
   REQUIRE(bc.publish({}) == SendStatus::ok);
   Message fresh;
   REQUIRE(sub.try_receive(fresh) == ReceiveStatus::ok);
@@ -523,21 +523,21 @@ TEST_CASE("StartAt: next / newest / oldest on a quiet broadcast") {
   Broadcast bc = Broadcast::create(seg, kName, config(kCap, 128, BroadcastPolicy::lossy));
   Message m;
   {  // nothing published yet: all three start at position 0
-    Subscriber n = bc.subscribe(StartAt::next), w = bc.subscribe(StartAt::newest), o = bc.subscribe(StartAt::oldest);
+    Subscription n = bc.subscribe(StartAt::next), w = bc.subscribe(StartAt::newest), o = bc.subscribe(StartAt::oldest);
     CHECK(n.try_receive(m) == ReceiveStatus::empty);
     CHECK(w.try_receive(m) == ReceiveStatus::empty);
     CHECK(o.try_receive(m) == ReceiveStatus::empty);
     REQUIRE(bc.publish(payload(24, 0, 0)) == SendStatus::ok);
-    for (Subscriber* s : {&n, &w, &o}) {
+    for (Subscription* s : {&n, &w, &o}) {
       REQUIRE(s->try_receive(m) == ReceiveStatus::ok);
       CHECK(m.position() == 0);
       CHECK(check_payload(m.data())->seq == 0);
     }
   }
   for (std::uint32_t i = 1; i < 20; ++i) REQUIRE(bc.publish(payload(24, 0, i)) == SendStatus::ok);
-  Subscriber next = bc.subscribe(StartAt::next);
-  Subscriber newest = bc.subscribe(StartAt::newest);
-  Subscriber oldest = bc.subscribe(StartAt::oldest);
+  Subscription next = bc.subscribe(StartAt::next);
+  Subscription newest = bc.subscribe(StartAt::newest);
+  Subscription oldest = bc.subscribe(StartAt::oldest);
   CHECK(next.try_receive(m) == ReceiveStatus::empty);
   CHECK(next.lag() == 0);
   REQUIRE(newest.try_receive(m) == ReceiveStatus::ok);
@@ -553,7 +553,7 @@ TEST_CASE("StartAt: next / newest / oldest on a quiet broadcast") {
   }
   CHECK(oldest.try_receive(m) == ReceiveStatus::empty);
   REQUIRE(bc.publish(payload(24, 0, 20)) == SendStatus::ok);
-  for (Subscriber* s : {&next, &newest, &oldest}) {
+  for (Subscription* s : {&next, &newest, &oldest}) {
     REQUIRE(s->try_receive(m) == ReceiveStatus::ok);
     CHECK(m.position() == 20);
   }
@@ -594,7 +594,7 @@ TEST_CASE("subscribe and unsubscribe during traffic: joiners at next / newest / 
       for (int round = 0; round < 40; ++round) {
         const StartAt start = static_cast<StartAt>((round + j) % 3);
         const std::uint64_t t0 = a.bc.stats().tail;
-        Subscriber sub = a.bc.subscribe(start);
+        Subscription sub = a.bc.subscribe(start);
         const std::uint64_t t1 = a.bc.stats().tail;
         // Where the cursor may have started: tail at join, minus 1 (newest) or capacity (oldest).
         const std::uint64_t back = start == StartAt::next ? 0 : start == StartAt::newest ? 1 : kCap;
@@ -642,7 +642,7 @@ TEST_CASE("blocking policy: a live subscriber that does not read makes publish t
   Children kids(10s);
   pid_t idle = kids.spawn([&] {
     Attached a = attach(d, "stuck");
-    Subscriber sub = a.bc.subscribe();
+    Subscription sub = a.bc.subscribe();
     board.subscribed.store(1);
     if (!eventually([&] { return board.leave.load() != 0; })) return fail(90, "never told to leave");
     sub.unsubscribe();
@@ -690,14 +690,14 @@ TEST_CASE("blocking policy: a SIGKILLed subscriber does not block the publisher 
     board.subscribed.store(0);
     pid_t p = kids.spawn([&]() -> int {
       Attached a = attach(d, "dead");
-      Subscriber sub = a.bc.subscribe();
+      Subscription sub = a.bc.subscribe();
       board.subscribed.store(1);
       for (;;) pause();
     });
     REQUIRE(eventually([&] { return board.subscribed.load() == 1; }));
     return p;
   };
-  Subscriber live = bc.subscribe();  // a live, reading subscriber alongside
+  Subscription live = bc.subscribe();  // a live, reading subscriber alongside
   Message m;
 
   SUBCASE("the stuck check drops it without reclaim") {
@@ -754,7 +754,7 @@ struct CrashBoard {
 
 int crash_subscriber(const TestDomain& d, CrashBoard& board, int index, bool blocking) {
   Attached a = attach(d, "crash");
-  Subscriber sub = a.bc.subscribe();
+  Subscription sub = a.bc.subscribe();
   board.subscribed.fetch_add(1);
   std::vector<std::uint32_t> next(kCrashPublishers, 0);
   std::uint32_t current = 0;  // publishers run one after another
@@ -850,12 +850,12 @@ TEST_CASE("crash: publishers SIGKILLed at random points under the lossy policy -
 
 // ---- epoll ----
 
-TEST_CASE("epoll: a SubscriberPoller fd in an epoll loop receives everything a publisher process sends") {
+TEST_CASE("epoll: a SubscriptionPoller fd in an epoll loop receives everything a publisher process sends") {
   TestDomain d;
   Segment seg = Segment::create("poll", opts(d));
   Broadcast bc = Broadcast::create(seg, kName, config(16, 128, BroadcastPolicy::blocking));
-  Subscriber sub = bc.subscribe();
-  SubscriberPoller poller(sub);
+  Subscription sub = bc.subscribe();
+  SubscriptionPoller poller(sub);
   const int ep = ::epoll_create1(EPOLL_CLOEXEC);
   REQUIRE(ep >= 0);
   epoll_event ev{};
@@ -908,11 +908,11 @@ TEST_CASE("subscriber limit: the 5th subscribe with max_subscribers 4 throws no_
   Broadcast bc = Broadcast::create(seg, kName, config(8, 128, BroadcastPolicy::lossy, 4));
   auto& board = make_board<StuckBoard>(seg);
   Children kids(10s);
-  std::vector<Subscriber> subs;
+  std::vector<Subscription> subs;
   for (int i = 0; i < 3; ++i) subs.push_back(bc.subscribe());
   pid_t other = kids.spawn([&]() -> int {
     Attached a = attach(d, "limit");
-    Subscriber sub = a.bc.subscribe();
+    Subscription sub = a.bc.subscribe();
     board.subscribed.store(1);
     for (;;) pause();
   });
@@ -930,7 +930,7 @@ TEST_CASE("subscriber limit: the 5th subscribe with max_subscribers 4 throws no_
     CHECK(what.find(kName) != std::string::npos);
   }
   kids.kill(other);
-  Subscriber reused = bc.subscribe();  // takes the dead process's slot
+  Subscription reused = bc.subscribe();  // takes the dead process's slot
   CHECK(reused.subscribed());
   const BroadcastStats st = bc.stats();
   REQUIRE(st.subscribers.size() == 4);

@@ -234,7 +234,7 @@ bool Broadcast::State::free_subscriber_if_dead(int i, bool) noexcept {
   return sl.owner.compare_exchange_strong(owner, 0, std::memory_order_acq_rel);
 }
 
-Subscriber Broadcast::subscribe(StartAt start) {
+Subscription Broadcast::subscribe(StartAt start) {
   State& s = *s_;
   const std::uint64_t pid = detail::self_pid();
   for (int pass = 0; pass < 2; ++pass) {
@@ -262,7 +262,7 @@ Subscriber Broadcast::subscribe(StartAt start) {
       std::uint64_t expected = claimed;
       if (!sl.owner.compare_exchange_strong(expected, claimed | kActive, std::memory_order_seq_cst)) continue;
       s.h->joins.fetch_add(1, std::memory_order_seq_cst);
-      return Subscriber(s_, static_cast<int>(i), claimed | kActive);
+      return Subscription(s_, static_cast<int>(i), claimed | kActive);
     }
   }
   throw Error(ErrorCode::no_space, "broadcast '" + s.name + "': all " + std::to_string(s.max_subscribers) +
@@ -270,18 +270,18 @@ Subscriber Broadcast::subscribe(StartAt start) {
                                        "create the broadcast with a larger BroadcastConfig::max_subscribers (≤ 4096)");
 }
 
-Subscriber::Subscriber(std::shared_ptr<Broadcast::State> s, int slot, std::uint64_t owner) noexcept
+Subscription::Subscription(std::shared_ptr<Broadcast::State> s, int slot, std::uint64_t owner) noexcept
     : s_(std::move(s)), slot_(slot), owner_(owner) {
   cursor_ = s_->subs[slot_].cursor.load(std::memory_order_relaxed);
 }
 
-Subscriber::Subscriber(Subscriber&& o) noexcept
+Subscription::Subscription(Subscription&& o) noexcept
     : s_(std::move(o.s_)), slot_(o.slot_), owner_(o.owner_), cursor_(o.cursor_), stuck_word_(o.stuck_word_),
       stuck_since_(o.stuck_since_), pending_missed_(o.pending_missed_), empty_polls_(o.empty_polls_) {
   o.slot_ = -1;
 }
 
-Subscriber& Subscriber::operator=(Subscriber&& o) noexcept {
+Subscription& Subscription::operator=(Subscription&& o) noexcept {
   if (this != &o) {
     unsubscribe();
     s_ = std::move(o.s_);
@@ -297,9 +297,9 @@ Subscriber& Subscriber::operator=(Subscriber&& o) noexcept {
   return *this;
 }
 
-Subscriber::~Subscriber() { unsubscribe(); }
+Subscription::~Subscription() { unsubscribe(); }
 
-void Subscriber::unsubscribe() noexcept {
+void Subscription::unsubscribe() noexcept {
   if (slot_ < 0 || !s_) return;
   std::uint64_t owner = owner_;
   s_->subs[slot_].owner.compare_exchange_strong(owner, 0, std::memory_order_acq_rel);
@@ -307,15 +307,15 @@ void Subscriber::unsubscribe() noexcept {
   if (s_->blocking && s_->h->space_waiters.load(std::memory_order_seq_cst)) s_->h->space.notify();
 }
 
-std::uint64_t Subscriber::cursor() const noexcept { return cursor_; }
-std::uint64_t Subscriber::lag() const noexcept {
+std::uint64_t Subscription::cursor() const noexcept { return cursor_; }
+std::uint64_t Subscription::lag() const noexcept {
   const std::uint64_t tail = s_->h->tail.load(std::memory_order_acquire);
   return tail > cursor_ ? tail - cursor_ : 0;
 }
-std::uint64_t Subscriber::missed() const noexcept {
+std::uint64_t Subscription::missed() const noexcept {
   return slot_ >= 0 ? s_->subs[slot_].missed.load(std::memory_order_relaxed) : 0;
 }
-std::uint64_t Subscriber::received() const noexcept {
+std::uint64_t Subscription::received() const noexcept {
   return slot_ >= 0 ? s_->subs[slot_].received.load(std::memory_order_relaxed) : 0;
 }
 
@@ -519,7 +519,7 @@ SendStatus Broadcast::publish(std::span<const std::byte> bytes, std::span<Buffer
 // cursor; reading tail on every empty poll would bounce the publishers' line).
 constexpr std::uint32_t kTailCheckEvery = 256;
 
-ReceiveStatus Subscriber::take(Message& out) noexcept {
+ReceiveStatus Subscription::take(Message& out) noexcept {
   Broadcast::State& s = *s_;
   SubscriberSlot& me = s.subs[slot_];
   const std::uint32_t pid = detail::self_pid();
@@ -621,13 +621,13 @@ ReceiveStatus Subscriber::take(Message& out) noexcept {
   }
 }
 
-ReceiveStatus Subscriber::try_receive(Message& out) noexcept {
+ReceiveStatus Subscription::try_receive(Message& out) noexcept {
   out.clear();
   if (slot_ < 0) return ReceiveStatus::empty;
   return take(out);
 }
 
-ReceiveStatus Subscriber::receive(Message& out, std::chrono::nanoseconds timeout) noexcept {
+ReceiveStatus Subscription::receive(Message& out, std::chrono::nanoseconds timeout) noexcept {
   out.clear();
   if (slot_ < 0) return ReceiveStatus::empty;
   ReceiveStatus st = take(out);
@@ -698,7 +698,7 @@ BroadcastStats Broadcast::stats() const {
   for (std::uint32_t i = 0; i < s.max_subscribers; ++i) {
     const std::uint64_t owner = s.subs[i].owner.load(std::memory_order_acquire);
     if (!(owner & kActive)) continue;
-    SubscriberStats sub;
+    SubscriptionStats sub;
     sub.pid = static_cast<std::uint32_t>(owner >> 32);
     sub.cursor = s.subs[i].cursor.load(std::memory_order_relaxed);
     sub.lag = st.tail > sub.cursor ? st.tail - sub.cursor : 0;
@@ -713,11 +713,11 @@ BroadcastStats Broadcast::stats() const {
 
 // ---- poller ----------------------------------------------------------------------------------------
 
-SubscriberPoller::SubscriberPoller(Subscriber& subscriber)
+SubscriptionPoller::SubscriptionPoller(Subscription& subscriber)
     : waiters_(&subscriber.s_->h->data_waiters), listener_(subscriber.s_->h->data) {
   waiters_->fetch_add(1, std::memory_order_seq_cst);
 }
 
-SubscriberPoller::~SubscriberPoller() { waiters_->fetch_sub(1, std::memory_order_relaxed); }
+SubscriptionPoller::~SubscriptionPoller() { waiters_->fetch_sub(1, std::memory_order_relaxed); }
 
 }  // namespace ipc

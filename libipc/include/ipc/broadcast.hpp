@@ -5,8 +5,10 @@
 // publishers back (blocking, with a timeout).
 //
 // Types: `BroadcastPolicy`, `StartAt`, `BroadcastConfig`, `BroadcastStats`,
-// `SubscriberStats`, `Broadcast` (a process's handle on the object: publish,
-// subscribe, reclaim), `Subscriber` (one cursor), `SubscriberPoller`.
+// `SubscriptionStats`, `Broadcast` (a process's handle on the object: publish,
+// subscribe, reclaim), `Subscription` (one subscriber's cursor; the name
+// leaves `Subscriber<Schema>` to the typed endpoint in ipc/endpoint.hpp),
+// `SubscriptionPoller`.
 //
 // Why a subscriber limit at all, and why 256: each subscriber owns one
 // 64-byte cursor line, which a blocking publisher scans to find the slowest
@@ -72,7 +74,7 @@
 // the message with Message::lost_buffers() set (counted in its stats).
 // Inline payloads have no such bound.
 //
-// Concurrency: any number of publishers (threads/processes); a Subscriber
+// Concurrency: any number of publishers (threads/processes); a Subscription
 // object belongs to one thread at a time.
 #pragma once
 
@@ -112,7 +114,7 @@ struct BroadcastConfig {
   std::uint32_t max_subscribers = 256;  // 1 … 4096
 };
 
-struct SubscriberStats {
+struct SubscriptionStats {
   std::uint32_t pid = 0;
   std::uint64_t cursor = 0;
   std::uint64_t lag = 0;  // tail - cursor
@@ -131,10 +133,10 @@ struct BroadcastStats {
   std::uint64_t publishes = 0;
   std::uint64_t recovered = 0;
   std::uint64_t publish_blocked_ns = 0;
-  std::vector<SubscriberStats> subscribers;
+  std::vector<SubscriptionStats> subscribers;
 };
 
-class Subscriber;
+class Subscription;
 
 class Broadcast {
  public:
@@ -163,7 +165,7 @@ class Broadcast {
 
   // Joins as a new subscriber. Throws no_space (all max_subscribers cursor
   // slots belong to live processes: say which limit and how to raise it).
-  Subscriber subscribe(StartAt start = StartAt::next);
+  Subscription subscribe(StartAt start = StartAt::next);
 
   // Frees the cursor slots of `pid` (dead) and recovers ring slots it left
   // `writing`. Its retained buffers return with pool.reclaim(pid).
@@ -178,18 +180,18 @@ class Broadcast {
   struct State;
 
  private:
-  friend class Subscriber;
+  friend class Subscription;
   explicit Broadcast(std::shared_ptr<State> s) noexcept;
   std::shared_ptr<State> s_;
 };
 
-class Subscriber {
+class Subscription {
  public:
   static constexpr std::chrono::milliseconds kHolderWait{10};
 
-  Subscriber(Subscriber&&) noexcept;
-  Subscriber& operator=(Subscriber&&) noexcept;
-  ~Subscriber();  // unsubscribes
+  Subscription(Subscription&&) noexcept;
+  Subscription& operator=(Subscription&&) noexcept;
+  ~Subscription();  // unsubscribes
 
   // `out` is cleared; on ok it holds the next message (out.missed() > 0 if
   // the lossy policy overran this subscriber just before it).
@@ -205,8 +207,8 @@ class Subscriber {
 
  private:
   friend class Broadcast;
-  friend class SubscriberPoller;
-  Subscriber(std::shared_ptr<Broadcast::State> s, int slot, std::uint64_t owner) noexcept;
+  friend class SubscriptionPoller;
+  Subscription(std::shared_ptr<Broadcast::State> s, int slot, std::uint64_t owner) noexcept;
   ReceiveStatus take(Message& out) noexcept;
   std::shared_ptr<Broadcast::State> s_;
   int slot_ = -1;
@@ -220,12 +222,12 @@ class Subscriber {
 
 // Pollable fd for a subscriber; same loop as ChannelPoller (arm, try_receive
 // until empty, epoll_wait, drain).
-class SubscriberPoller {
+class SubscriptionPoller {
  public:
-  explicit SubscriberPoller(Subscriber& subscriber);
-  ~SubscriberPoller();
-  SubscriberPoller(const SubscriberPoller&) = delete;
-  SubscriberPoller& operator=(const SubscriberPoller&) = delete;
+  explicit SubscriptionPoller(Subscription& subscriber);
+  ~SubscriptionPoller();
+  SubscriptionPoller(const SubscriptionPoller&) = delete;
+  SubscriptionPoller& operator=(const SubscriptionPoller&) = delete;
   int fd() const noexcept { return listener_.fd(); }
   void arm() noexcept { listener_.arm(); }
   int drain() noexcept { return listener_.drain(); }
