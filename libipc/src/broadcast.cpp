@@ -527,6 +527,7 @@ ReceiveStatus Subscription::take(Message& out) noexcept {
   for (;;) {
     const std::uint64_t c = cursor_;
     ring::SlotHeader* sl = s.slot(c);
+    if (s.slot_bytes > 64) __builtin_prefetch(reinterpret_cast<const char*>(sl) + 64);  // as Channel::take
     const std::uint64_t w = sl->word.load(std::memory_order_acquire);  // S1
     const std::int32_t d = ring::distance(w, c);
     const ring::SlotState st = ring::state_of(w);
