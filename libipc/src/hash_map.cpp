@@ -132,6 +132,7 @@ struct Layout {
 };
 
 struct Probe {
+  bool corrupt = false;     // met a full entry with impossible lengths (never read past them)
   std::int64_t found = -1;  // slot holding the key
   std::int64_t free = -1;   // first tombstone or empty slot on the path
   bool free_is_tombstone = false;
@@ -152,6 +153,11 @@ Probe probe(const Layout& l, BytesMap::Table* t, std::string_view key, std::uint
       return p;
     }
     if (st == kFull) {
+      if (e->key_len > l.key_stride || e->value_len > l.entry_size - sizeof(EntryHeader) - l.key_stride) {
+        p.corrupt = true;  // shared memory is not trusted: a bad length would read or copy out of bounds
+        p.length = n + 1;
+        return p;
+      }
       if (e->key_len == key.size() && std::memcmp(Layout::key(e), key.data(), key.size()) == 0) {
         p.found = static_cast<std::int64_t>(i);
         p.length = n + 1;
@@ -608,7 +614,10 @@ MapStatus BytesMap::make_room(std::uint32_t i) const {
   const std::uint64_t limit = std::max<std::uint64_t>(1, cap * load_permille_ / 1000);
   const std::uint64_t size = s.size.load(std::memory_order_relaxed);
   const std::uint64_t tomb = s.tombstones.load(std::memory_order_relaxed);
-  const bool mostly_tombstones = tomb > 0 && size + 1 <= limit / 2;
+  // Dropping tombstones (a same-size rehash) makes room whenever the live
+  // entries still fit: always try it before growing — and before refusing
+  // with growth disabled, or erases would make a shard "full" for good.
+  const bool mostly_tombstones = tomb > 0 && size + 1 <= (allow_growth_ ? limit / 2 : limit);
   if (mostly_tombstones) {
     MapStatus st = rehash(i, cap);  // same size: drop tombstones
     if (st == MapStatus::ok || allow_growth_) return st;
@@ -654,6 +663,7 @@ MapStatus BytesMap::visit(std::string_view key, ValueFn fn) const {
   if (!t) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " has no valid table; re-create the map");
   const Layout l{entry_size_, key_stride_};
   Probe p = probe(l, t, key, h);
+  if (p.corrupt) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
   note_max(shards_[i].probe_max, p.length);
   if (p.found < 0) return MapStatus::not_found;
   EntryHeader* e = l.entry(t, static_cast<std::uint64_t>(p.found));
@@ -677,6 +687,7 @@ MapStatus BytesMap::assign_locked(std::uint32_t i, std::string_view key, std::ui
   Table* t = table(s);
   if (!t) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " has no valid table; re-create the map");
   Probe p = probe(l, t, key, hash);
+  if (p.corrupt) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
   if (p.found >= 0) {
     if (must_be_new) return MapStatus::already_exists;
     EntryHeader* e = l.entry(t, static_cast<std::uint64_t>(p.found));
@@ -698,6 +709,7 @@ MapStatus BytesMap::assign_locked(std::uint32_t i, std::string_view key, std::ui
     if (MapStatus st = make_room(i); st != MapStatus::ok) return st;
     t = table(s);
     p = probe(l, t, key, hash);
+    if (p.corrupt) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
     if (p.free < 0) return fail(MapStatus::full, "shard " + std::to_string(i) + " has no free slot");
   }
   EntryHeader* e = l.entry(t, static_cast<std::uint64_t>(p.free));
@@ -744,6 +756,7 @@ MapStatus BytesMap::erase(std::string_view key) {
   Table* t = table(s);
   if (!t) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " has no valid table; re-create the map");
   Probe p = probe(l, t, key, h);
+  if (p.corrupt) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
   if (p.found < 0) return MapStatus::not_found;
   const auto slot = static_cast<std::uint64_t>(p.found);
   // A slot followed by an empty one ends every probe chain through it, so it
@@ -766,6 +779,7 @@ MapStatus BytesMap::update(std::string_view key, UpdateFn fn) {
   Table* t = table(s);
   if (!t) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " has no valid table; re-create the map");
   Probe p = probe(l, t, key, h);
+  if (p.corrupt) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
   if (p.found < 0) return MapStatus::not_found;
   EntryHeader* e = l.entry(t, static_cast<std::uint64_t>(p.found));
   std::memcpy(static_cast<void*>(journal(i)), static_cast<const void*>(e), l.used(e));  // J1

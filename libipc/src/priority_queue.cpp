@@ -366,9 +366,14 @@ void PriorityQueueCore::repair() noexcept {
 QueueStatus PriorityQueueCore::try_push(const void* element, std::int32_t priority) noexcept {
   if (QueueStatus st = lock(); st != QueueStatus::ok) return st;  // P1
   Header& h = *h_;
-  if (h.size >= h.capacity) {
+  if (const std::uint32_t size = h.size; size >= h.capacity) {
     h.lock.unlock();
-    return QueueStatus::full;
+    return size == h.capacity ? QueueStatus::full : QueueStatus::not_recoverable;  // size > capacity: corrupted
+  }
+  // Shared data is not trusted blindly: a corrupted count must not send us out of bounds.
+  if (h.free_count == 0 || h.free_count > h.capacity || h.free_stack()[h.free_count - 1] >= h.capacity) {
+    h.lock.unlock();
+    return QueueStatus::not_recoverable;
   }
   // P2: the element into a free payload slot, its key into the journal.
   const std::uint32_t p = h.free_stack()[h.free_count - 1];
@@ -389,12 +394,12 @@ QueueStatus PriorityQueueCore::try_push(const void* element, std::int32_t priori
   h.depth.store(h.size, std::memory_order_seq_cst);
   journal_clear(h);              // P6
   bump(h.pushes);
-  const bool was_empty = h.size == 1;
   h.lock.unlock();
   // SYNC POINT: the other half of the Dekker pair (depth store above, this load).
-  // Only an empty → non-empty push can find a sleeper: a consumer sleeps only
-  // after seeing depth 0, and the first change after that is such a push.
-  if (was_empty && h.pop_waiters.load(std::memory_order_seq_cst) != 0) [[unlikely]]
+  // Every push notifies while a consumer waits or listens, not only the
+  // empty → non-empty one: a producer killed between its unlock and this
+  // notify would otherwise leave a listener deaf until the queue drained.
+  if (h.pop_waiters.load(std::memory_order_seq_cst) != 0) [[unlikely]]
     h.not_empty.notify();
   return QueueStatus::ok;
 }
@@ -410,6 +415,10 @@ QueueStatus PriorityQueueCore::try_pop(void* out, std::int32_t* priority) noexce
   // Q2: the caller's copy first, then the journal's.
   std::byte* top = h.slot(0);
   const std::uint32_t p = head(top)->payload;
+  if (s > h.capacity || p >= h.capacity || h.free_count >= h.capacity) {  // corrupted: never index with it
+    h.lock.unlock();
+    return QueueStatus::not_recoverable;
+  }
   std::memcpy(out, h.payload(p), h.element_size);
   if (priority) *priority = head(top)->priority;
   crash_order();
@@ -425,10 +434,9 @@ QueueStatus PriorityQueueCore::try_pop(void* out, std::int32_t* priority) noexce
   h.depth.store(s - 1, std::memory_order_seq_cst);
   journal_clear(h);  // Q6
   bump(h.pops);
-  const bool was_full = s == h.capacity;
   h.lock.unlock();
-  // As in push: a producer sleeps only after seeing a full queue.
-  if (was_full && h.push_waiters.load(std::memory_order_seq_cst) != 0) [[unlikely]]
+  // As in push: every pop notifies while a producer waits.
+  if (h.push_waiters.load(std::memory_order_seq_cst) != 0) [[unlikely]]
     h.not_full.notify();
   return QueueStatus::ok;
 }
@@ -437,7 +445,9 @@ QueueStatus PriorityQueueCore::peek(void* out, std::int32_t* priority) noexcept 
   if (QueueStatus st = lock(); st != QueueStatus::ok) return st;
   Header& h = *h_;
   QueueStatus st = QueueStatus::empty;
-  if (h.size > 0) {
+  if (h.size > h.capacity || (h.size > 0 && head(h.slot(0))->payload >= h.capacity)) {
+    st = QueueStatus::not_recoverable;  // corrupted: never index with it
+  } else if (h.size > 0) {
     std::memcpy(out, h.payload(head(h.slot(0))->payload), h.element_size);
     if (priority) *priority = head(h.slot(0))->priority;
     st = QueueStatus::ok;

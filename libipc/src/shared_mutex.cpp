@@ -119,7 +119,12 @@ bool SharedMutex::probe_dead_writer() noexcept {
 void SharedMutex::unlock_shared() noexcept {
   const std::uint32_t me = detail::self_pid();
   const std::uint64_t token = detail::self_token();
-  for (ReaderSlot& s : readers_) {
+  // Start where my_slot() starts, so the usual case touches only our own
+  // line (scanning from slot 0 read other processes' slot lines on every
+  // unlock: structures_bench map_2proc).
+  const int start = static_cast<int>(me % kReaderSlots);
+  for (int j = 0; j < kReaderSlots; ++j) {
+    ReaderSlot& s = readers_[(start + j) % kReaderSlots];
     std::uint64_t w = s.word.load(std::memory_order_acquire);
     if (owner_of(w) != me || s.token.load(std::memory_order_relaxed) != token) continue;
     while (count_of(w) != 0 && owner_of(w) == me &&

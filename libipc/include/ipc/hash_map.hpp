@@ -41,7 +41,8 @@
 // only about crashes. A BytesMap/HashMap handle is a few pointers into the
 // mapping and may be used by several threads; the Segment it was opened from
 // must outlive it. Callbacks run under the shard's lock: they must not call
-// the same map (an exclusive lock re-entered returns lock_failed/deadlock).
+// the same map — re-entering a shard this thread already holds waits for
+// itself forever (it is not detected).
 //
 // Crash protocol (a writer SIGKILLed at any instant; the kernel releases the
 // shard's lock and the next locker gets owner_died, repairs, then calls
@@ -132,7 +133,7 @@ enum class MapStatus : std::uint8_t {
   full,            // the shard reached max_load_factor and growth is disabled
   no_space,        // growth needs a new table and the segment has no room for it
   cancelled,       // update(): the callback returned false; nothing changed
-  lock_failed,     // the shard lock is not recoverable, or re-entered by this thread
+  lock_failed,     // the shard lock is not recoverable
   corrupted,       // a table offset or table header is invalid; recreate the map
 };
 const char* to_string(MapStatus s) noexcept;

@@ -53,8 +53,10 @@
 //   P4. sift up with a hole from slot `size`: put(parent → child) while the
 //       parent comes after e; then put(e → hole).
 //   P5. size += 1; depth = size (seq_cst, Dekker with a sleeping consumer).
-//   P6. journal op = none; pushes += 1; unlock; if the queue was empty and a
-//       consumer is registered as waiting or listening, notify not_empty.
+//   P6. journal op = none; pushes += 1; unlock; if a consumer is registered
+//       as waiting or listening, notify not_empty (on every push, not only
+//       the first: a producer killed between unlock and notify must not leave
+//       a listener deaf while later pushes go on).
 //   Death before P2's op store: nothing changed. Between P2 and P6: the
 //   array holds every old element at least once (a hole move copies before
 //   the source is overwritten) and perhaps e; e is in the journal. The
@@ -69,8 +71,8 @@
 //   Q4. slot size-1 = empty (x has its copy in the hole now).
 //   Q5. size -= 1; depth = size (seq_cst); push the top's payload slot on
 //       the free stack (nothing reuses it before Q6).
-//   Q6. journal op = none; pops += 1; unlock; if the queue was full and a
-//       producer waits, notify not_full.
+//   Q6. journal op = none; pops += 1; unlock; if a producer waits, notify
+//       not_full (every pop, for the same reason).
 //   Death between Q2 and Q6: the top exists only in the journal (Q3's first
 //   put overwrote the root); every other element is in the array at least
 //   once (x stays in slot size-1 until Q4). The repairer puts the top back:
@@ -150,7 +152,7 @@ enum class QueueStatus : std::uint8_t {
   full,             // try_push: no free slot
   empty,            // try_pop/peek: nothing queued
   timed_out,        // push_for/pop_for: the deadline passed
-  not_recoverable,  // the internal lock is broken; recreate the queue
+  not_recoverable,  // the internal lock is broken or the shared state is corrupted; recreate the queue
 };
 const char* to_string(QueueStatus s) noexcept;
 
