@@ -7,7 +7,11 @@
 //   2. Broadcast: one publisher, a fast and a slow subscriber on a lossy
 //      broadcast channel: the slow one is overrun and told exactly how many
 //      messages it missed.
-//   3. Live figures: ping-pong latency over two SPSC channels (busy-poll and
+//   3. Typed Cap'n Proto messages: a Publisher<Task> builds tasks directly
+//      in pool buffers (64 B and 1 MiB payloads) and sends only their
+//      handles; a worker process reads them in place and answers with a
+//      Publisher<Result>. Latency of a 1 MiB task is about that of a 64 B one.
+//   4. Live figures: ping-pong latency over two SPSC channels (busy-poll and
 //      blocking), and streaming throughput.
 #include <signal.h>
 #include <sys/wait.h>
@@ -24,6 +28,8 @@
 
 #include "ipc/broadcast.hpp"
 #include "ipc/channel.hpp"
+#include "ipc/endpoint.hpp"
+#include "tasks.capnp.h"
 #include "ipc/pool.hpp"
 #include "ipc/segment.hpp"
 
@@ -209,6 +215,91 @@ bool broadcast_demo(ipc::Segment& seg, const std::string& domain) {
   return ok;
 }
 
+// Typed, zero-copy Cap'n Proto tasks to a worker process and results back.
+bool message_demo(ipc::Segment& seg, const std::string& domain) {
+  using ipc::schema::Result;
+  using ipc::schema::Task;
+  ipc::PoolConfig pc;
+  pc.class_sizes = {4096, 65536};
+  pc.buffers_per_class = 32;
+  pc.cache_per_class = 0;
+  pc.large_strategy = ipc::LargeStrategy::best_fit;
+  pc.large_region_bytes = 8u << 20;
+  ipc::BufferPool pool = ipc::BufferPool::create(seg, "messages", pc);
+  ipc::ChannelConfig cc;
+  cc.kind = ipc::ChannelKind::spsc;
+  cc.capacity = 16;
+  cc.slot_bytes = ipc::kMessageSlotBytes;  // room for a message's handles
+  ipc::Channel tasks = ipc::Channel::create(seg, "tasks", cc, &pool);
+  ipc::Channel results = ipc::Channel::create(seg, "results", cc, &pool);
+  constexpr int kRounds = 200;
+  const std::size_t sizes[2] = {64, 1u << 20};
+
+  pid_t worker = ::fork();
+  if (worker == 0) {
+    ipc::Segment mine = attach(domain);
+    ipc::BufferPool p = ipc::BufferPool::open(mine, "messages");
+    ipc::Channel in = ipc::Channel::open(mine, "tasks", &p);
+    ipc::Channel out = ipc::Channel::open(mine, "results", &p);
+    ipc::Subscriber<Task> sub(in);
+    ipc::Publisher<Result> pub(out, p, 256);
+    ipc::Received<Task> task;
+    for (int i = 0; i < 2 * kRounds; ++i) {
+      if (sub.receive(task, std::chrono::seconds(10)) != ipc::TypedStatus::ok) ::_exit(2);
+      Task::Reader t = task.root();
+      capnp::Data::Reader data = t.getPayload();  // in place: no copy of the 1 MiB
+      const std::uint64_t sum = data.size() ? data[0] + data[data.size() - 1] + data.size() : 0;
+      const std::uint64_t id = t.getId();
+      task.reset();  // the task's buffers go back to the pool
+      ipc::TypedStatus st = pub.publish([&](Result::Builder r) {
+        r.setTaskId(id);
+        capnp::Data::Builder ok = r.initOk(sizeof sum);
+        std::memcpy(ok.begin(), &sum, sizeof sum);
+      });
+      if (st != ipc::TypedStatus::ok) ::_exit(3);
+    }
+    ::_exit(0);
+  }
+
+  ipc::Publisher<Task> pub(tasks, pool);
+  ipc::Subscriber<Result> sub(results);
+  ipc::Received<Result> result;
+  std::vector<double> lat[2];
+  bool ok = true;
+  for (int i = 0; i < 2 * kRounds && ok; ++i) {
+    const int k = i % 2;
+    auto loan = pub.loan(sizes[k] + 4096);  // one segment: header + struct + payload
+    Task::Builder t = loan.root();
+    t.setId(static_cast<std::uint64_t>(i));
+    t.setKind("checksum");
+    capnp::Data::Builder payload = t.initPayload(sizes[k]);
+    payload[0] = static_cast<std::uint8_t>(i);
+    payload[sizes[k] - 1] = 7;
+    const auto t0 = Clock::now();  // building (and zeroing) the message is not timed
+    ok = pub.send(std::move(loan)) == ipc::TypedStatus::ok && sub.receive(result, std::chrono::seconds(10)) == ipc::TypedStatus::ok;
+    lat[k].push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count() / 2);
+    if (!ok) break;
+    std::uint64_t sum = 0;
+    Result::Reader r = result.root();
+    if (r.isOk() && r.getOk().size() == sizeof sum) std::memcpy(&sum, r.getOk().begin(), sizeof sum);
+    ok = r.getTaskId() == static_cast<std::uint64_t>(i) && sum == static_cast<std::uint8_t>(i) + 7u + sizes[k];
+    result.reset();
+  }
+  int status = 0;
+  ::waitpid(worker, &status, 0);
+  ok = ok && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  for (auto& v : lat) std::sort(v.begin(), v.end());
+  const double small = lat[0].empty() ? 0 : lat[0][lat[0].size() / 2];
+  const double large = lat[1].empty() ? 0 : lat[1][lat[1].size() / 2];
+  const std::uint32_t in_use = pool.stats().classes[0].in_use + pool.stats().classes[1].in_use;
+  std::printf("\ntyped Cap'n Proto tasks (Publisher<Task> -> worker pid %d -> Publisher<Result>), zero copy:\n", worker);
+  std::printf("  %d tasks with 64 B and %d with 1 MiB payloads, built in pool buffers; results verified: %s\n", kRounds,
+              kRounds, ok ? "yes" : "NO");
+  std::printf("  one way (round trip / 2, median): 64 B task %.1f us, 1 MiB task %.1f us (x%.2f); pool buffers in use after: %u\n",
+              small, large, small > 0 ? large / small : 0.0, in_use);
+  return ok && in_use == 0;
+}
+
 // Round trips over two SPSC channels; returns the median one-way time in ns.
 double pingpong(ipc::Segment& seg, const std::string& domain, bool busy, int rounds) {
   const char* names[2] = {busy ? "ping.b" : "ping.s", busy ? "pong.b" : "pong.s"};
@@ -255,12 +346,13 @@ double pingpong(ipc::Segment& seg, const std::string& domain, bool busy, int rou
 
 int run(const std::string& domain) {
   ipc::SegmentOptions options;
-  options.size = 32u << 20;
+  options.size = 64u << 20;
   options.domain = domain;
   ipc::Segment seg = ipc::Segment::create("demo", options);
   std::printf("libipc channel demo — segment %s\n", seg.info().path.c_str());
   bool ok = work_queue_demo(seg, domain);
   ok = broadcast_demo(seg, domain) && ok;
+  ok = message_demo(seg, domain) && ok;
   double busy = pingpong(seg, domain, true, 20000);
   double blocking = pingpong(seg, domain, false, 5000);
   std::printf("\nlatency, 64 B message one way (median of ping-pong / 2): busy-poll %.2f us, blocking %.1f us\n",
