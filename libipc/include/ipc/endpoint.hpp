@@ -21,8 +21,10 @@
 // slot holds is refused with SendStatus::too_large).
 //
 // Freezing: send() consumes the Loan (std::move(loan)), so after send() the
-// sender has no builder and no writable pointer into the message; readers
-// hold references. Debug builds of libipc verify the seal-time checksum on
+// sender has no builder; readers hold references. Do not keep a
+// Schema::Builder obtained from loan.root() past send(): its arena is gone
+// (setting a pointer field through it is a use-after-free) and a scalar
+// written through it changes a message others are reading. Debug builds of libipc verify the seal-time checksum on
 // receive (ReaderConfig::checksum), which catches a write after send.
 //
 // Lifetime: a Received<Schema> holds references to the message buffers
@@ -135,7 +137,10 @@ class Publisher {
       st = (*c)->send({}, std::span<Buffer>(buffers), timeout);
     else
       st = std::get<Broadcast*>(target_)->publish({}, std::span<Buffer>(buffers), timeout);
-    if (st != SendStatus::ok) error_ = std::string("publisher: send failed: ") + to_string(st);
+    if (st != SendStatus::ok)
+      error_ = std::string("publisher: send failed: ") + to_string(st);
+    else
+      error_.clear();
     return detail::typed_status(st);
   }
   // Builds and sends in one call: fill(root) writes the message.
@@ -148,6 +153,9 @@ class Publisher {
     } catch (const Error& e) {
       error_ = e.what();
       return e.code() == ErrorCode::no_space ? TypedStatus::no_buffers : TypedStatus::failed;
+    } catch (const kj::Exception& e) {  // capnp refused a value (e.g. a Text with a NUL)
+      error_ = std::string("publisher: capnp: ") + e.getDescription().cStr();
+      return TypedStatus::failed;
     }
   }
 
@@ -165,8 +173,18 @@ template <class Schema>
 class Received {
  public:
   Received() = default;
-  Received(Received&&) noexcept = default;
-  Received& operator=(Received&&) noexcept = default;
+  // A moved-from Received is empty (the defaulted moves would leave its
+  // optional engaged with a moved-from reader: true, and root() on null).
+  Received(Received&& o) noexcept
+      : reader_(std::exchange(o.reader_, std::nullopt)), missed_(o.missed_), position_(o.position_) {}
+  Received& operator=(Received&& o) noexcept {
+    if (this != &o) {
+      reader_ = std::exchange(o.reader_, std::nullopt);
+      missed_ = o.missed_;
+      position_ = o.position_;
+    }
+    return *this;
+  }
 
   explicit operator bool() const noexcept { return reader_.has_value(); }
   // Lazy capnp accessors: with SubscriberConfig::check_all (the default) the
