@@ -449,6 +449,8 @@ ReceiveStatus Channel::State::take(Message& out) noexcept {
     }
     // C3
     const std::uint32_t n = s->handles;
+    if (pool)
+      for (std::uint32_t i = 0; i < n; ++i) pool->prefetch(ring::handle_at(s, static_cast<int>(i)));
     const std::uint32_t len = std::min<std::uint32_t>(s->bytes, static_cast<std::uint32_t>(payload_capacity() - n * ring::kHandleBytes));
     std::memcpy(out.prepare(len), ring::payload_of(s) + std::size_t(n) * ring::kHandleBytes, len);
     out.set_position(pos);

@@ -1376,6 +1376,19 @@ PoolDescriptor* BufferPool::State::check(const BufferHandle& h, HandleStatus* st
   return d;
 }
 
+void BufferPool::prefetch(const BufferHandle& h) const noexcept {
+  if (h.pool_id != s_->header->pool_id || h.extension != 0) return;  // base pool only: no mapping on this path
+  const State& s = *s_;
+  if (h.size_class == kRegionClass) {
+    const PoolRegion* r = s.region();
+    if (!r || h.index >= r->blocks) return;
+  } else if (h.size_class >= s.header->class_count || h.index >= s.classes[h.size_class].count) {
+    return;
+  }
+  __builtin_prefetch(s.desc(h.size_class, h.index), 1);  // adopt/release CAS it: ask for ownership
+  __builtin_prefetch(s.data(h.size_class, h.index), 0);
+}
+
 std::byte* BufferPool::resolve(const BufferHandle& h, HandleStatus* status) const noexcept {
   State* p = s_->part(h.extension);
   if (!p) {

@@ -335,6 +335,10 @@ class BufferPool {
   static const char* to_string(HandleStatus s) noexcept;
   // Pointer to the buffer's bytes, after validating the handle (nullptr + status on error).
   std::byte* resolve(const BufferHandle& h, HandleStatus* status = nullptr) const noexcept;
+  // A hint, nothing else: starts fetching the handle's descriptor and first
+  // data line (a receiver about to adopt it; channels call it while they
+  // read the slot, so the transfers overlap). Ignores invalid handles.
+  void prefetch(const BufferHandle& h) const noexcept;
   // Adds a reference for `holder` (a pid; default: this process). The caller
   // must itself hold a reference (retain of a freed buffer is refused: stale).
   HandleStatus retain(const BufferHandle& h, std::uint32_t holder = 0) noexcept;
