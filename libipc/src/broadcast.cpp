@@ -1,7 +1,6 @@
 #include "ipc/broadcast.hpp"
 
 #include <sched.h>
-#include <sys/random.h>
 
 #include <algorithm>
 #include <cstring>
@@ -56,13 +55,7 @@ static_assert(sizeof(SubscriberSlot) == 64);
 
 void validate(const BroadcastConfig& c, std::string_view name) {
   const std::string what = "broadcast '" + std::string(name) + "': ";
-  if (c.capacity < 2 || c.capacity > ring::kMaxCapacity || (c.capacity & (c.capacity - 1)))
-    throw Error(ErrorCode::invalid_argument, what + "capacity " + std::to_string(c.capacity) +
-                                                 " is not a power of two between 2 and 65536 (e.g. 256)");
-  if (c.slot_bytes < 64 || c.slot_bytes > 65536 || c.slot_bytes % 64)
-    throw Error(ErrorCode::invalid_argument, what + "slot_bytes " + std::to_string(c.slot_bytes) +
-                                                 " must be a multiple of 64 between 64 and 65536 "
-                                                 "(16 bytes of it are the slot header)");
+  ring::validate_geometry("broadcast '" + std::string(name) + "'", c.capacity, c.slot_bytes);
   if (c.max_subscribers < 1 || c.max_subscribers > Broadcast::kMaxSubscribersLimit)
     throw Error(ErrorCode::invalid_argument, what + "max_subscribers " + std::to_string(c.max_subscribers) +
                                                  " must be between 1 and 4096");
@@ -108,7 +101,9 @@ struct Broadcast::State {
 
   SendStatus put(std::span<const std::byte> bytes, std::span<Buffer> buffers) noexcept;
   bool room_for(std::uint64_t pos) noexcept;
-  void release_slot_handles(ring::SlotHeader* s, std::uint64_t pos) noexcept;
+  void release_slot_handles(ring::SlotHeader* s, std::uint64_t pos) noexcept {
+    ring::release_handles(s, payload_capacity(), pool, holder(pos));
+  }
   bool recover(ring::SlotHeader* s, std::uint64_t observed) noexcept;
   bool stuck_for_long(std::uint64_t key, Stuck& t) noexcept;
   bool stuck_and_dead(std::uint64_t w, Stuck& t) noexcept;
@@ -149,15 +144,7 @@ std::shared_ptr<Broadcast::State> attach(Segment& segment, std::string_view name
       h->slots_offset != sizeof(BroadcastHeader) + std::size_t(c.max_subscribers) * sizeof(SubscriberSlot) ||
       Broadcast::bytes_needed(c) > size)
     throw Error(ErrorCode::corrupted, what + ": subscriber table or slot area does not fit the object");
-  if (!pool && h->pool_id != 0)
-    throw Error(ErrorCode::invalid_argument,
-                what + " carries buffers of pool id " + std::to_string(h->pool_id) +
-                    ": open it with that BufferPool (a process without the pool could not release the references "
-                    "its slots hold when it overwrites or recovers them)");
-  if (pool && h->pool_id != pool->pool_id())
-    throw Error(ErrorCode::invalid_argument, what + " was created for pool id " + std::to_string(h->pool_id) +
-                                                 ", not pool '" + pool->name() + "' (id " + std::to_string(pool->pool_id()) +
-                                                 "): open it with the pool it was created with");
+  ring::check_pool(what, h->pool_id, pool);
   auto s = std::make_shared<Broadcast::State>();
   s->name = std::string(name);
   s->h = h;
@@ -177,8 +164,7 @@ std::shared_ptr<Broadcast::State> attach(Segment& segment, std::string_view name
 
 Broadcast Broadcast::create(Segment& segment, std::string_view name, const BroadcastConfig& config, BufferPool* pool) {
   validate(config, name);
-  std::uint32_t tag = 0;
-  if (::getrandom(&tag, sizeof tag, 0) != sizeof tag) tag = static_cast<std::uint32_t>(detail::monotonic_ns());
+  const std::uint32_t tag = ring::random_tag();
   const std::size_t bytes = bytes_needed(config);
   Object obj = segment.create_object(name, ObjectType::broadcast, bytes, [&](void* data, std::size_t) {
     auto* h = new (data) BroadcastHeader{};
@@ -186,7 +172,7 @@ Broadcast Broadcast::create(Segment& segment, std::string_view name, const Broad
     h->slot_bytes = config.slot_bytes;
     h->policy = static_cast<std::uint32_t>(config.policy);
     h->pool_id = pool ? pool->pool_id() : 0;
-    h->tag = tag & 0x3fff;
+    h->tag = tag;
     h->max_subscribers = config.max_subscribers;
     h->subs_offset = sizeof(BroadcastHeader);
     h->slots_offset = sizeof(BroadcastHeader) + std::size_t(config.max_subscribers) * sizeof(SubscriberSlot);
@@ -195,10 +181,7 @@ Broadcast Broadcast::create(Segment& segment, std::string_view name, const Broad
     new (&h->space) Event();
     auto* base = static_cast<std::byte*>(data);
     for (std::uint32_t i = 0; i < config.max_subscribers; ++i) new (base + h->subs_offset + i * sizeof(SubscriberSlot)) SubscriberSlot{};
-    for (std::uint32_t i = 0; i < config.capacity; ++i) {
-      auto* s = new (base + h->slots_offset + std::size_t(i) * config.slot_bytes) ring::SlotHeader{};
-      s->word.store(ring::make_word(i, ring::SlotState::empty, 0), std::memory_order_relaxed);
-    }
+    ring::init_slots(base + h->slots_offset, config.capacity, config.slot_bytes);
     h->version = kBroadcastVersion;
     h->magic = kBroadcastMagic;
   });
@@ -357,13 +340,6 @@ bool Broadcast::State::room_for(std::uint64_t pos) noexcept {
   return false;
 }
 
-void Broadcast::State::release_slot_handles(ring::SlotHeader* s, std::uint64_t pos) noexcept {
-  const std::uint32_t n = std::min<std::uint32_t>(s->handles, static_cast<std::uint32_t>(payload_capacity() / ring::kHandleBytes));
-  if (pool)
-    for (std::uint32_t i = 0; i < n; ++i) pool->release(ring::handle_at(s, static_cast<int>(i)), holder(pos));
-  s->handles = 0;
-}
-
 // R1–R3 for a slot left (pos, writing, dead).
 bool Broadcast::State::recover(ring::SlotHeader* s, std::uint64_t observed) noexcept {
   const std::uint64_t pos = ring::seq_of(observed);
@@ -412,13 +388,7 @@ std::uint16_t Broadcast::State::high_bits_near_tail(std::uint32_t seq) const noe
 }
 
 SendStatus Broadcast::State::put(std::span<const std::byte> bytes, std::span<Buffer> buffers) noexcept {
-  const std::size_t n = buffers.size();
-  if (n > ring::kMaxHandles || bytes.size() + n * ring::kHandleBytes > payload_capacity()) return SendStatus::too_large;
-  if (n) {
-    if (!pool) return SendStatus::no_pool;
-    for (const Buffer& b : buffers)
-      if (!b || b.handle().pool_id != pool->pool_id()) return SendStatus::bad_buffer;
-  }
+  if (SendStatus st = ring::check_message(bytes, buffers, payload_capacity(), pool); st != SendStatus::ok) return st;
   const std::uint32_t me = detail::self_pid();
   for (;;) {
     const std::uint64_t pos = h->tail.load(std::memory_order_acquire);
@@ -446,26 +416,12 @@ SendStatus Broadcast::State::put(std::span<const std::byte> bytes, std::span<Buf
     std::uint64_t expected = pos;
     h->tail.compare_exchange_strong(expected, pos + 1, std::memory_order_relaxed);  // B2
     release_slot_handles(s, pos);  // B3 (the old message's references; same slot, same holder id)
-    // B4
-    std::byte* p = ring::payload_of(s);
-    for (std::size_t i = 0; i < n; ++i) std::memcpy(p + i * ring::kHandleBytes, &buffers[i].handle(), ring::kHandleBytes);
-    if (!bytes.empty()) std::memcpy(p + n * ring::kHandleBytes, bytes.data(), bytes.size());
-    s->bytes = static_cast<std::uint32_t>(bytes.size());
-    s->flags = 0;
+    // B4 (pos_high first: S2 reads it with the rest, S4 validates)
     s->pos_high = static_cast<std::uint16_t>(pos >> 32);
-    s->handles = static_cast<std::uint8_t>(n);
-    const std::uint32_t slot_id = holder(pos);
-    std::size_t moved = 0;
-    for (; moved < n; ++moved)
-      if (pool->transfer(buffers[moved].handle(), me, slot_id) != BufferPool::HandleStatus::ok) break;
-    if (moved < n) {
-      for (std::size_t i = 0; i < moved; ++i) pool->transfer(buffers[i].handle(), slot_id, me);
-      s->handles = 0;
-      s->flags = ring::kSkip;
+    if (!ring::fill_slot(s, bytes, buffers, pool, me, holder(pos))) {
       s->word.store(ring::make_word(pos, ring::SlotState::full, 0), std::memory_order_seq_cst);
       return SendStatus::bad_buffer;
     }
-    for (std::size_t i = 0; i < n; ++i) buffers[i].detach();
     s->word.store(ring::make_word(pos, ring::SlotState::full, 0), std::memory_order_seq_cst);  // B5
     h->publishes.fetch_add(1, std::memory_order_relaxed);
     return SendStatus::ok;
@@ -714,11 +670,7 @@ BroadcastStats Broadcast::stats() const {
 
 // ---- poller ----------------------------------------------------------------------------------------
 
-SubscriptionPoller::SubscriptionPoller(Subscription& subscriber)
-    : waiters_(&subscriber.s_->h->data_waiters), listener_(subscriber.s_->h->data) {
-  waiters_->fetch_add(1, std::memory_order_seq_cst);
-}
-
-SubscriptionPoller::~SubscriptionPoller() { waiters_->fetch_sub(1, std::memory_order_relaxed); }
+SubscriptionPoller::SubscriptionPoller(Subscription& subscription)
+    : WaitingListener(subscription.s_->h->data_waiters, subscription.s_->h->data) {}
 
 }  // namespace ipc

@@ -1,7 +1,6 @@
 #include "ipc/channel.hpp"
 
 #include <sched.h>
-#include <sys/random.h>
 
 #include <algorithm>
 #include <cstring>
@@ -50,20 +49,12 @@ struct alignas(64) ChannelHeader {
 };
 static_assert(sizeof(ChannelHeader) % 64 == 0);
 
-bool power_of_two(std::uint32_t v) { return v && !(v & (v - 1)); }
-
 void validate(const ChannelConfig& c, std::string_view name) {
-  const std::string what = "channel '" + std::string(name) + "': ";
-  if (c.capacity < 2 || c.capacity > ring::kMaxCapacity || !power_of_two(c.capacity))
-    throw Error(ErrorCode::invalid_argument, what + "capacity " + std::to_string(c.capacity) +
-                                                 " is not a power of two between 2 and 65536 (e.g. 256)");
-  if (c.slot_bytes < 64 || c.slot_bytes > 65536 || c.slot_bytes % 64)
-    throw Error(ErrorCode::invalid_argument, what + "slot_bytes " + std::to_string(c.slot_bytes) +
-                                                 " must be a multiple of 64 between 64 and 65536 "
-                                                 "(16 bytes of it are the slot header)");
+  const std::string what = "channel '" + std::string(name) + "'";
+  ring::validate_geometry(what, c.capacity, c.slot_bytes);
   if (c.kind != ChannelKind::spsc && c.kind != ChannelKind::mpmc)
-    throw Error(ErrorCode::invalid_argument, what + "unknown kind");
-  if (c.backpressure > Backpressure::fail) throw Error(ErrorCode::invalid_argument, what + "unknown backpressure policy");
+    throw Error(ErrorCode::invalid_argument, what + ": unknown kind");
+  if (c.backpressure > Backpressure::fail) throw Error(ErrorCode::invalid_argument, what + ": unknown backpressure policy");
 }
 
 inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
@@ -103,7 +94,9 @@ struct Channel::State {
   bool drop_oldest() noexcept;
   bool check_stuck(ring::SlotHeader* s, std::uint64_t w, Stuck& t) noexcept;
   bool recover(ring::SlotHeader* s, std::uint64_t observed) noexcept;
-  void release_slot_handles(ring::SlotHeader* s, std::uint64_t pos) noexcept;
+  void release_slot_handles(ring::SlotHeader* s, std::uint64_t pos) noexcept {
+    ring::release_handles(s, payload_capacity(), pool, holder(pos));
+  }
   void notify_data() noexcept {
     if (h->data_waiters.load(std::memory_order_seq_cst) != 0) h->data.notify();  // P6 (after the seq_cst P5)
   }
@@ -117,27 +110,6 @@ struct Channel::State {
       c.fetch_add(n, std::memory_order_relaxed);
   }
 };
-
-const char* to_string(SendStatus s) noexcept {
-  switch (s) {
-    case SendStatus::ok: return "ok";
-    case SendStatus::full: return "full";
-    case SendStatus::timed_out: return "timed_out";
-    case SendStatus::too_large: return "too_large";
-    case SendStatus::no_pool: return "no_pool";
-    case SendStatus::bad_buffer: return "bad_buffer";
-  }
-  return "unknown";
-}
-
-const char* to_string(ReceiveStatus s) noexcept {
-  switch (s) {
-    case ReceiveStatus::ok: return "ok";
-    case ReceiveStatus::empty: return "empty";
-    case ReceiveStatus::timed_out: return "timed_out";
-  }
-  return "unknown";
-}
 
 // ---- setup ---------------------------------------------------------------------------------------
 
@@ -169,15 +141,7 @@ std::unique_ptr<Channel::State> attach(Segment& segment, std::string_view name, 
   }
   if (h->slots_offset != sizeof(ChannelHeader) || Channel::bytes_needed(c) > size)
     throw Error(ErrorCode::corrupted, what + ": slot area does not fit the object");
-  if (!pool && h->pool_id != 0)
-    throw Error(ErrorCode::invalid_argument,
-                what + " carries buffers of pool id " + std::to_string(h->pool_id) +
-                    ": open it with that BufferPool (a process without the pool could not take over or release "
-                    "the references its slots hold)");
-  if (pool && h->pool_id != pool->pool_id())
-    throw Error(ErrorCode::invalid_argument, what + " was created for pool id " + std::to_string(h->pool_id) +
-                                                 ", not pool '" + pool->name() + "' (id " + std::to_string(pool->pool_id()) +
-                                                 "): open the channel with the pool it was created with");
+  ring::check_pool(what, h->pool_id, pool);
   s->segment = &segment;
   s->name = std::string(name);
   s->h = h;
@@ -197,8 +161,7 @@ std::unique_ptr<Channel::State> attach(Segment& segment, std::string_view name, 
 
 Channel Channel::create(Segment& segment, std::string_view name, const ChannelConfig& config, BufferPool* pool) {
   validate(config, name);
-  std::uint32_t tag = 0;
-  if (::getrandom(&tag, sizeof tag, 0) != sizeof tag) tag = static_cast<std::uint32_t>(detail::monotonic_ns());
+  const std::uint32_t tag = ring::random_tag();
   const std::size_t bytes = bytes_needed(config);
   Object obj = segment.create_object(name, ObjectType::channel, bytes, [&](void* data, std::size_t) {
     auto* h = new (data) ChannelHeader{};
@@ -207,17 +170,13 @@ Channel Channel::create(Segment& segment, std::string_view name, const ChannelCo
     h->capacity = config.capacity;
     h->slot_bytes = config.slot_bytes;
     h->pool_id = pool ? pool->pool_id() : 0;
-    h->tag = tag & 0x3fff;
+    h->tag = tag;
     h->spin = config.spin;
     h->slots_offset = sizeof(ChannelHeader);
     h->object_bytes = bytes;
     new (&h->data) Event();
     new (&h->space) Event();
-    auto* slots = reinterpret_cast<std::byte*>(h) + sizeof(ChannelHeader);
-    for (std::uint32_t i = 0; i < config.capacity; ++i) {
-      auto* s = new (slots + std::size_t(i) * config.slot_bytes) ring::SlotHeader{};
-      s->word.store(ring::make_word(i, ring::SlotState::empty, 0), std::memory_order_relaxed);
-    }
+    ring::init_slots(reinterpret_cast<std::byte*>(h) + sizeof(ChannelHeader), config.capacity, config.slot_bytes);
     h->version = kChannelVersion;
     h->magic = kChannelMagic;  // last: a half-initialised object is "not initialised"
   });
@@ -242,13 +201,7 @@ const std::string& Channel::name() const noexcept { return s_->name; }
 // ---- send ----------------------------------------------------------------------------------------
 
 SendStatus Channel::State::put(std::span<const std::byte> bytes, std::span<Buffer> buffers) noexcept {
-  const std::size_t n = buffers.size();
-  if (n > ring::kMaxHandles || bytes.size() + n * ring::kHandleBytes > payload_capacity()) return SendStatus::too_large;
-  if (n) {
-    if (!pool) return SendStatus::no_pool;
-    for (const Buffer& b : buffers)
-      if (!b || b.handle().pool_id != pool->pool_id()) return SendStatus::bad_buffer;
-  }
+  if (SendStatus st = ring::check_message(bytes, buffers, payload_capacity(), pool); st != SendStatus::ok) return st;
   const std::uint32_t me = detail::self_pid();
   for (;;) {
     const std::uint64_t pos = h->tail.load(std::memory_order_acquire);
@@ -273,28 +226,13 @@ SendStatus Channel::State::put(std::span<const std::byte> bytes, std::span<Buffe
       std::uint64_t expected = pos;
       h->tail.compare_exchange_strong(expected, pos + 1, std::memory_order_relaxed);  // P2
     }
-    // P3
-    std::byte* p = ring::payload_of(s);
-    for (std::size_t i = 0; i < n; ++i) std::memcpy(p + i * ring::kHandleBytes, &buffers[i].handle(), ring::kHandleBytes);
-    if (!bytes.empty()) std::memcpy(p + n * ring::kHandleBytes, bytes.data(), bytes.size());
-    s->bytes = static_cast<std::uint32_t>(bytes.size());
-    s->handles = static_cast<std::uint8_t>(n);
-    s->flags = 0;
-    // P4: the slot takes over the references. Only a handle that is not
-    // really ours can fail; then undo and commit the slot as a skip.
-    const std::uint32_t slot_id = holder(pos);
-    std::size_t moved = 0;
-    for (; moved < n; ++moved)
-      if (pool->transfer(buffers[moved].handle(), me, slot_id) != BufferPool::HandleStatus::ok) break;
-    if (moved < n) {
-      for (std::size_t i = 0; i < moved; ++i) pool->transfer(buffers[i].handle(), slot_id, me);
-      s->handles = 0;
-      s->flags = ring::kSkip;
+    // P3, P4: payload, then the slot takes over the references (only a
+    // handle that is not really ours can fail: then the slot is a skip).
+    if (!ring::fill_slot(s, bytes, buffers, pool, me, holder(pos))) {
       s->word.store(ring::make_word(pos, ring::SlotState::full, 0), std::memory_order_seq_cst);
       notify_data();
       return SendStatus::bad_buffer;
     }
-    for (std::size_t i = 0; i < n; ++i) buffers[i].detach();
     // P5: commit. seq_cst: the store must be visible before P6 reads data_waiters (Dekker with a sleeper).
     s->word.store(ring::make_word(pos, ring::SlotState::full, 0), std::memory_order_seq_cst);
     bump(h->sends, spsc);
@@ -534,13 +472,6 @@ std::size_t Channel::receive_batch(std::span<Message> out, std::chrono::nanoseco
 
 // ---- recovery ------------------------------------------------------------------------------------
 
-void Channel::State::release_slot_handles(ring::SlotHeader* s, std::uint64_t pos) noexcept {
-  const std::uint32_t n = std::min<std::uint32_t>(s->handles, static_cast<std::uint32_t>(payload_capacity() / ring::kHandleBytes));
-  if (pool)
-    for (std::uint32_t i = 0; i < n; ++i) pool->release(ring::handle_at(s, static_cast<int>(i)), holder(pos));
-  s->handles = 0;
-}
-
 // R1–R3 for a slot observed as `observed` (writing or reading by a dead pid).
 bool Channel::State::recover(ring::SlotHeader* s, std::uint64_t observed) noexcept {
   const std::uint32_t me = detail::self_pid();
@@ -638,12 +569,6 @@ ChannelStats Channel::stats() const {
 
 // ---- poller --------------------------------------------------------------------------------------
 
-ChannelPoller::ChannelPoller(Channel& channel)
-    : waiters_(&channel.s_->h->data_waiters), listener_(channel.s_->h->data) {
-  // A permanent "waiter" while the poller lives, so that every send notifies.
-  waiters_->fetch_add(1, std::memory_order_seq_cst);
-}
-
-ChannelPoller::~ChannelPoller() { waiters_->fetch_sub(1, std::memory_order_relaxed); }
+ChannelPoller::ChannelPoller(Channel& channel) : WaitingListener(channel.s_->h->data_waiters, channel.s_->h->data) {}
 
 }  // namespace ipc

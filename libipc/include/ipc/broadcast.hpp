@@ -222,19 +222,9 @@ class Subscription {
 
 // Pollable fd for a subscriber; same loop as ChannelPoller (arm, try_receive
 // until empty, epoll_wait, drain).
-class SubscriptionPoller {
+class SubscriptionPoller : public ring::WaitingListener {
  public:
-  explicit SubscriptionPoller(Subscription& subscriber);
-  ~SubscriptionPoller();
-  SubscriptionPoller(const SubscriptionPoller&) = delete;
-  SubscriptionPoller& operator=(const SubscriptionPoller&) = delete;
-  int fd() const noexcept { return listener_.fd(); }
-  void arm() noexcept { listener_.arm(); }
-  int drain() noexcept { return listener_.drain(); }
-
- private:
-  std::atomic<std::uint32_t>* waiters_;
-  EventListener listener_;
+  explicit SubscriptionPoller(Subscription& subscription);
 };
 
 }  // namespace ipc

@@ -97,17 +97,7 @@ struct ChannelConfig {
   std::uint32_t spin = 0;  // default polls of the ring before a blocking call sleeps (0: sleep at once)
 };
 
-enum class SendStatus : std::uint8_t {
-  ok,
-  full,          // try_send / Backpressure::fail: no free slot
-  timed_out,     // blocking send: no slot freed in time
-  too_large,     // bytes + 16·buffers exceed the slot payload
-  no_pool,       // buffers given, but the channel was opened without a BufferPool
-  bad_buffer,    // an empty Buffer, one of another pool, or its reference could not be moved
-};
-enum class ReceiveStatus : std::uint8_t { ok, empty, timed_out };
-const char* to_string(SendStatus s) noexcept;
-const char* to_string(ReceiveStatus s) noexcept;
+// SendStatus and ReceiveStatus: ipc/ring.hpp (shared with broadcast).
 
 struct ChannelStats {
   std::string name;
@@ -217,19 +207,9 @@ class Channel {
 // slot left `writing` by a killed producer is only recovered by a receive
 // that finds it stuck for Channel::kStuckCheck, and no notification comes
 // for it.
-class ChannelPoller {
+class ChannelPoller : public ring::WaitingListener {
  public:
   explicit ChannelPoller(Channel& channel);  // throws no_space (listener slots), see EventListener
-  ~ChannelPoller();
-  ChannelPoller(const ChannelPoller&) = delete;
-  ChannelPoller& operator=(const ChannelPoller&) = delete;
-  int fd() const noexcept { return listener_.fd(); }
-  void arm() noexcept { listener_.arm(); }
-  int drain() noexcept { return listener_.drain(); }
-
- private:
-  std::atomic<std::uint32_t>* waiters_;
-  EventListener listener_;
 };
 
 }  // namespace ipc

@@ -2,8 +2,11 @@
 // and broadcast channels (ipc/broadcast.hpp), and `Message`, what a receiver
 // gets from either.
 //
-// Types: `Message`, and in `ipc::ring` the slot encoding: `SlotState`,
-// `SlotHeader`, word helpers, `slot_holder()`.
+// Types: `SendStatus`, `ReceiveStatus`, `Message`, and in `ipc::ring` the
+// slot encoding (`SlotState`, `SlotHeader`, word helpers, `slot_holder()`),
+// the steps both ring kinds share (validation, filling a slot and moving
+// references into it, releasing them) and `WaitingListener` (the pollable
+// fd behind ChannelPoller and SubscriptionPoller).
 //
 // A ring is `capacity` (a power of two) slots of `slot_bytes` each (a
 // multiple of 64, so a slot starts on a cache line). A slot is a 16-byte
@@ -44,9 +47,24 @@
 #include <utility>
 #include <vector>
 
+#include <string>
+
+#include "ipc/event.hpp"
 #include "ipc/pool.hpp"
 
 namespace ipc {
+
+enum class SendStatus : std::uint8_t {
+  ok,
+  full,          // try_send / Backpressure::fail: no free slot
+  timed_out,     // blocking send: no slot freed in time
+  too_large,     // bytes + 16·buffers exceed the slot payload
+  no_pool,       // buffers given, but the channel was opened without a BufferPool
+  bad_buffer,    // an empty Buffer, one of another pool, or its reference could not be moved
+};
+enum class ReceiveStatus : std::uint8_t { ok, empty, timed_out };
+const char* to_string(SendStatus s) noexcept;
+const char* to_string(ReceiveStatus s) noexcept;
 
 // A received message: its inline bytes (copied out of the slot) and the
 // buffers that travelled as handles (zero copy; this process now holds one
@@ -156,6 +174,50 @@ inline BufferHandle handle_at(SlotHeader* s, int i) noexcept {
   std::memcpy(&h, payload_of(s) + std::size_t(i) * kHandleBytes, sizeof h);
   return h;
 }
+
+// Throws invalid_argument naming `what` (e.g. "channel 'jobs'") unless
+// capacity is a power of two in 2…kMaxCapacity and slot_bytes a multiple of
+// 64 in 64…65536.
+void validate_geometry(const std::string& what, std::uint32_t capacity, std::uint32_t slot_bytes);
+// Throws invalid_argument unless `pool` is the pool the ring was created
+// with (`ring_pool_id`, 0 = none): a process that cannot release the slots'
+// references must not touch slots that hold them.
+void check_pool(const std::string& what, std::uint32_t ring_pool_id, const BufferPool* pool);
+// A random 14-bit ring tag (for slot_holder()).
+std::uint32_t random_tag() noexcept;
+// Slot i starts as (i, empty).
+void init_slots(std::byte* slots, std::uint32_t capacity, std::uint32_t slot_bytes) noexcept;
+// Whether a message fits a slot and its buffers can travel (ok, too_large,
+// no_pool, bad_buffer).
+SendStatus check_message(std::span<const std::byte> bytes, std::span<const Buffer> buffers,
+                         std::size_t payload_capacity, const BufferPool* pool) noexcept;
+// Writes a claimed slot: handles, inline bytes, counts (handles last), then
+// moves each buffer's reference from `me` to `holder` and detaches the
+// Buffers. If a reference cannot be moved, the moved ones are moved back,
+// the slot is marked kSkip with no handles, and it returns false (the caller
+// still commits the slot, as a skip).
+bool fill_slot(SlotHeader* s, std::span<const std::byte> bytes, std::span<Buffer> buffers, BufferPool* pool,
+               std::uint32_t me, std::uint32_t holder) noexcept;
+// Releases every reference the slot lists under `holder` (a handle the slot
+// does not hold is a no-op in the pool), then handles = 0.
+void release_handles(SlotHeader* s, std::size_t payload_capacity, BufferPool* pool, std::uint32_t holder) noexcept;
+
+// A pollable listener on a ring's data Event that counts as a waiter while
+// it lives (so producers notify on every message).
+class WaitingListener {
+ public:
+  WaitingListener(std::atomic<std::uint32_t>& waiters, Event& event);  // throws no_space (see EventListener)
+  ~WaitingListener();
+  WaitingListener(const WaitingListener&) = delete;
+  WaitingListener& operator=(const WaitingListener&) = delete;
+  int fd() const noexcept { return listener_.fd(); }
+  void arm() noexcept { listener_.arm(); }
+  int drain() noexcept { return listener_.drain(); }
+
+ private:
+  std::atomic<std::uint32_t>* waiters_;
+  EventListener listener_;
+};
 
 }  // namespace ring
 }  // namespace ipc
