@@ -49,13 +49,6 @@ using ipc::test::TestDomain;
 
 using Clock = std::chrono::steady_clock;
 
-// doctest prints these by name.
-namespace ipc {
-std::ostream& operator<<(std::ostream& os, SendStatus s) { return os << to_string(s); }
-std::ostream& operator<<(std::ostream& os, ReceiveStatus s) { return os << to_string(s); }
-std::ostream& operator<<(std::ostream& os, ErrorCode c) { return os << to_string(c); }
-}  // namespace ipc
-
 namespace {
 
 constexpr const char* kName = "bc";

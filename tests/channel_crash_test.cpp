@@ -55,11 +55,6 @@ using ipc::test::TestDomain;
 
 using Clock = std::chrono::steady_clock;
 
-namespace ipc {
-std::ostream& operator<<(std::ostream& os, SendStatus s) { return os << to_string(s); }
-std::ostream& operator<<(std::ostream& os, ReceiveStatus s) { return os << to_string(s); }
-}  // namespace ipc
-
 namespace {
 
 // ---- message content (as in channel_test.cpp): a 16-byte tag {producer,

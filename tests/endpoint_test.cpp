@@ -69,9 +69,6 @@ namespace ipc {
 std::ostream& operator<<(std::ostream& os, TypedStatus s) {
   return os << to_string(s);
 }
-std::ostream& operator<<(std::ostream& os, SendStatus s) {
-  return os << to_string(s);
-}
 }  // namespace ipc
 
 namespace {

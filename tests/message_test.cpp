@@ -43,9 +43,6 @@ namespace ipc {
 std::ostream& operator<<(std::ostream& os, MessageStatus s) {
   return os << to_string(s);
 }
-std::ostream& operator<<(std::ostream& os, AllocStatus s) {
-  return os << to_string(s);
-}
 }  // namespace ipc
 
 namespace {

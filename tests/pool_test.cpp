@@ -48,17 +48,6 @@ using ipc::test::make_board;
 using Clock = std::chrono::steady_clock;
 using HS = BufferPool::HandleStatus;
 
-// doctest prints these by name.
-namespace ipc {
-std::ostream& operator<<(std::ostream& os, AllocStatus s) { return os << to_string(s); }
-std::ostream& operator<<(std::ostream& os, BufferPool::HandleStatus s) { return os << BufferPool::to_string(s); }
-std::ostream& operator<<(std::ostream& os, PressureLevel l) { return os << to_string(l); }
-std::ostream& operator<<(std::ostream& os, const BufferHandle& h) {
-  return os << "{pool " << h.pool_id << " class " << h.size_class << " index " << h.index << " gen " << h.generation
-            << "}";
-}
-}  // namespace ipc
-
 namespace {
 
 // Pool tests need room for several pools: 8 MiB unless told otherwise.

@@ -10,6 +10,19 @@
 #include <exception>
 #include <thread>
 
+namespace ipc {
+std::ostream& operator<<(std::ostream& os, ErrorCode c) { return os << to_string(c); }
+std::ostream& operator<<(std::ostream& os, SendStatus s) { return os << to_string(s); }
+std::ostream& operator<<(std::ostream& os, ReceiveStatus s) { return os << to_string(s); }
+std::ostream& operator<<(std::ostream& os, AllocStatus s) { return os << to_string(s); }
+std::ostream& operator<<(std::ostream& os, BufferPool::HandleStatus s) { return os << BufferPool::to_string(s); }
+std::ostream& operator<<(std::ostream& os, PressureLevel l) { return os << to_string(l); }
+std::ostream& operator<<(std::ostream& os, const BufferHandle& h) {
+  return os << "{pool " << h.pool_id << " class " << h.size_class << " index " << h.index << " gen " << h.generation
+            << "}";
+}
+}  // namespace ipc
+
 namespace ipc::test {
 namespace {
 std::atomic<int> g_counter{0};

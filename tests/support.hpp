@@ -19,13 +19,28 @@
 
 #include <chrono>
 #include <functional>
+#include <ostream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <doctest/doctest.h>
 
+#include "ipc/error.hpp"
+#include "ipc/pool.hpp"
+#include "ipc/ring.hpp"
 #include "ipc/segment.hpp"
+
+// doctest prints these by name (found by argument-dependent lookup).
+namespace ipc {
+std::ostream& operator<<(std::ostream& os, ErrorCode c);
+std::ostream& operator<<(std::ostream& os, SendStatus s);
+std::ostream& operator<<(std::ostream& os, ReceiveStatus s);
+std::ostream& operator<<(std::ostream& os, AllocStatus s);
+std::ostream& operator<<(std::ostream& os, BufferPool::HandleStatus s);
+std::ostream& operator<<(std::ostream& os, PressureLevel l);
+std::ostream& operator<<(std::ostream& os, const BufferHandle& h);
+}  // namespace ipc
 
 namespace ipc::test {
 
