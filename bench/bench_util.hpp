@@ -96,7 +96,7 @@ inline void ratio(const char* bench, const std::string& metric, double ours, dou
 // interrupted or hung benchmark never leaves anything in /dev/shm.
 namespace cleanup {
 inline char g_name[32] = "bench";
-inline char g_paths[2][512];                 // unlinked on exit
+inline char g_paths[8][512];                 // unlinked on exit
 inline volatile sig_atomic_t g_child = 0;    // pid of the running child, killed on error
 inline volatile sig_atomic_t g_is_child = 0; // set in the child: it leaves cleanup to the parent
 inline void (*g_on_die)() = nullptr;         // extra step before a fatal exit (e.g. flag failure)
@@ -134,7 +134,7 @@ inline void install(const char* name) {
   for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGALRM}) ::sigaction(sig, &sa, nullptr);
 }
 
-// Registers a file to unlink on any exit (at most 2).
+// Registers a file to unlink on any exit (at most 8).
 inline void add_path(const std::string& path) {
   for (auto& p : g_paths)
     if (p[0] == '\0') {

@@ -421,7 +421,9 @@ BytesMap BytesMap::open_or_create(Segment& segment, std::string_view name, const
 bool BytesMap::remove(Segment& segment, std::string_view name) {
   bool any = false;
   for (const ObjectInfo& o : segment.objects())
-    if (o.name == name ? o.type == ObjectType::hash_map : is_table_of(o.name, name)) any |= segment.remove_object(o.name);
+    if (o.name == name ? o.type == ObjectType::hash_map
+                       : o.type == ObjectType::raw && is_table_of(o.name, name))  // tables are raw objects
+      any |= segment.remove_object(o.name);
   return any;
 }
 
@@ -565,8 +567,13 @@ MapStatus BytesMap::rehash(std::uint32_t i, std::uint64_t new_capacity) const {
       break;
     } catch (const Error& e) {
       if (e.code() == ErrorCode::already_exists && attempt == 0) {  // an orphan: nothing points to it
-        segment_->remove_object(name);
-        continue;
+        // Only a table of ours: never remove a user's object that merely has the name.
+        std::optional<Object> o = segment_->find_object(name);
+        if (o && o->info.type == ObjectType::raw && o->info.size >= sizeof(Table) &&
+            static_cast<const Table*>(o->data)->magic == kTableMagic) {
+          segment_->remove_object(name);
+          continue;
+        }
       }
       s.growing_to.store(0, std::memory_order_release);
       if (e.code() == ErrorCode::no_space)
@@ -574,6 +581,9 @@ MapStatus BytesMap::rehash(std::uint32_t i, std::uint64_t new_capacity) const {
                                              std::to_string(new_capacity) + " slots (" + std::to_string(bytes) +
                                              " bytes): " + e.what() + "; create the segment larger");
       return fail(MapStatus::no_space, "shard " + std::to_string(i) + " cannot create its new table: " + e.what());
+    } catch (...) {  // std::bad_alloc: no growth is under way after all
+      s.growing_to.store(0, std::memory_order_release);
+      throw;
     }
   }
   auto* fresh = static_cast<Table*>(obj.data);
