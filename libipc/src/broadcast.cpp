@@ -63,8 +63,6 @@ void validate(const BroadcastConfig& c, std::string_view name) {
     throw Error(ErrorCode::invalid_argument, what + "unknown policy");
 }
 
-inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
-
 std::uint64_t deadline_after(std::chrono::nanoseconds timeout) {
   if (timeout == kForever) return UINT64_MAX;
   return detail::monotonic_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(0, timeout.count()));
