@@ -16,7 +16,6 @@ namespace {
 
 constexpr std::uint32_t kBroadcastMagic = 0x42524443;  // "BRDC"
 constexpr std::uint32_t kBroadcastVersion = 1;
-constexpr std::uint64_t kSleepSlice = 50'000'000;
 constexpr std::uint64_t kActive = 1;
 
 struct alignas(64) BroadcastHeader {
@@ -63,11 +62,6 @@ void validate(const BroadcastConfig& c, std::string_view name) {
     throw Error(ErrorCode::invalid_argument, what + "unknown policy");
 }
 
-std::uint64_t deadline_after(std::chrono::nanoseconds timeout) {
-  if (timeout == kForever) return UINT64_MAX;
-  return detail::monotonic_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(0, timeout.count()));
-}
-
 }  // namespace
 
 struct Broadcast::State {
@@ -86,12 +80,8 @@ struct Broadcast::State {
   // while `joins` still equals min_epoch (a join may start below it).
   std::atomic<std::uint64_t> min_cursor{0};
   std::atomic<std::uint64_t> min_epoch{UINT64_MAX};
-  // Stuck detection (see Channel): what keeps being in the way, and since when.
-  struct Stuck {
-    std::atomic<std::uint64_t> word{0};
-    std::atomic<std::uint64_t> since{0};
-  };
-  Stuck stuck_slot, stuck_subscriber;
+  // What keeps being in the way of this process's publishers.
+  ring::StuckTimer stuck_slot, stuck_subscriber;
 
   ring::SlotHeader* slot(std::uint64_t pos) const noexcept { return ring::slot_at(slots, slot_bytes, mask, pos); }
   std::uint32_t holder(std::uint64_t pos) const noexcept { return ring::slot_holder(tag, static_cast<std::uint32_t>(pos & mask)); }
@@ -103,8 +93,6 @@ struct Broadcast::State {
     ring::release_handles(s, payload_capacity(), pool, holder(pos));
   }
   bool recover(ring::SlotHeader* s, std::uint64_t observed) noexcept;
-  bool stuck_for_long(std::uint64_t key, Stuck& t) noexcept;
-  bool stuck_and_dead(std::uint64_t w, Stuck& t) noexcept;
   std::uint16_t high_bits_near_tail(std::uint32_t seq) const noexcept;
   bool free_subscriber_if_dead(int i, bool check_now) noexcept;
   void notify_data() noexcept {
@@ -257,8 +245,8 @@ Subscription::Subscription(std::shared_ptr<Broadcast::State> s, int slot, std::u
 }
 
 Subscription::Subscription(Subscription&& o) noexcept
-    : s_(std::move(o.s_)), slot_(o.slot_), owner_(o.owner_), cursor_(o.cursor_), stuck_word_(o.stuck_word_),
-      stuck_since_(o.stuck_since_), pending_missed_(o.pending_missed_), empty_polls_(o.empty_polls_) {
+    : s_(std::move(o.s_)), slot_(o.slot_), owner_(o.owner_), cursor_(o.cursor_), stuck_(o.stuck_),
+      pending_missed_(o.pending_missed_), empty_polls_(o.empty_polls_) {
   o.slot_ = -1;
 }
 
@@ -269,8 +257,7 @@ Subscription& Subscription::operator=(Subscription&& o) noexcept {
     slot_ = o.slot_;
     owner_ = o.owner_;
     cursor_ = o.cursor_;
-    stuck_word_ = o.stuck_word_;
-    stuck_since_ = o.stuck_since_;
+    stuck_ = o.stuck_;
     pending_missed_ = o.pending_missed_;
     empty_polls_ = o.empty_polls_;
     o.slot_ = -1;
@@ -330,8 +317,9 @@ bool Broadcast::State::room_for(std::uint64_t pos) noexcept {
   // dead: drop it. Both only after kStuckCheck without progress.
   ring::SlotHeader* at = slot(lowest);
   const std::uint64_t w = at->word.load(std::memory_order_acquire);
-  if (ring::distance(w, lowest) == 0 && stuck_and_dead(w, stuck_slot)) recover(at, w);
-  if (stuck_for_long(std::uint64_t(slowest) << 48 ^ lowest, stuck_subscriber) && free_subscriber_if_dead(slowest, true)) {
+  if (ring::distance(w, lowest) == 0 && ring::state_of(w) == ring::SlotState::writing && ring::claimer_dead(w, stuck_slot))
+    recover(at, w);
+  if (stuck_subscriber.expired(std::uint64_t(slowest) << 48 ^ lowest) && free_subscriber_if_dead(slowest, true)) {
     min_epoch.store(UINT64_MAX, std::memory_order_relaxed);
     return room_for(pos);
   }
@@ -354,26 +342,6 @@ bool Broadcast::State::recover(ring::SlotHeader* s, std::uint64_t observed) noex
   h->recovered.fetch_add(1, std::memory_order_relaxed);
   notify_data();
   return true;
-}
-
-// True once `key` has been seen in the way for kStuckCheck (then re-arms).
-bool Broadcast::State::stuck_for_long(std::uint64_t key, Stuck& t) noexcept {
-  const std::uint64_t now = detail::monotonic_ns();
-  if (key != t.word.load(std::memory_order_relaxed)) {
-    t.word.store(key, std::memory_order_relaxed);
-    t.since.store(now, std::memory_order_relaxed);
-    return false;
-  }
-  if (now - t.since.load(std::memory_order_relaxed) < static_cast<std::uint64_t>(std::chrono::nanoseconds(Channel::kStuckCheck).count()))
-    return false;
-  t.since.store(now, std::memory_order_relaxed);
-  return true;
-}
-
-bool Broadcast::State::stuck_and_dead(std::uint64_t w, Stuck& t) noexcept {
-  if (ring::state_of(w) != ring::SlotState::writing || !stuck_for_long(w, t)) return false;
-  const std::uint32_t pid = ring::pid_of(w);
-  return pid != 0 && detail::process_liveness(static_cast<pid_t>(pid), 0) == detail::Liveness::dead;
 }
 
 // Bits 32–47 of the position whose low 32 bits are `seq`, taking the one
@@ -399,7 +367,7 @@ SendStatus Broadcast::State::put(std::span<const std::byte> bytes, std::span<Buf
                            (d == -static_cast<std::int32_t>(capacity) && st == ring::SlotState::full);
     if (!free_slot) {
       if (d == -static_cast<std::int32_t>(capacity)) {  // the previous lap is still being written
-        if (stuck_and_dead(w, stuck_slot) && recover(s, w)) continue;
+        if (ring::state_of(w) == ring::SlotState::writing && ring::claimer_dead(w, stuck_slot) && recover(s, w)) continue;
         return SendStatus::full;
       }
       std::uint64_t expected = pos;  // pos already claimed: help tail along
@@ -436,7 +404,7 @@ SendStatus Broadcast::publish(std::span<const std::byte> bytes, std::span<Buffer
   State& s = *s_;
   SendStatus st = s.put(bytes, buffers);
   if (st == SendStatus::full && !s.blocking) {  // a lossy ring is "full" only behind a writer: let it finish
-    const std::uint64_t deadline = deadline_after(timeout);
+    const std::uint64_t deadline = ring::deadline_after(timeout);
     while (st == SendStatus::full && detail::monotonic_ns() < deadline) {
       sched_yield();
       st = s.put(bytes, buffers);
@@ -444,22 +412,11 @@ SendStatus Broadcast::publish(std::span<const std::byte> bytes, std::span<Buffer
     if (st == SendStatus::full) st = SendStatus::timed_out;
   } else if (st == SendStatus::full) {
     const std::uint64_t start = detail::monotonic_ns();
-    const std::uint64_t deadline = deadline_after(timeout);
-    while (st == SendStatus::full) {
-      const std::uint64_t now = detail::monotonic_ns();
-      if (now >= deadline) {
-        st = SendStatus::timed_out;
-        break;
-      }
-      s.h->space_waiters.fetch_add(1, std::memory_order_seq_cst);
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      const std::uint32_t seen = s.h->space.value();
-      st = s.put(bytes, buffers);
-      if (st == SendStatus::full)
-        s.h->space.wait_until(seen, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(std::min(deadline, now + kSleepSlice))));
-      s.h->space_waiters.fetch_sub(1, std::memory_order_relaxed);
-      if (st == SendStatus::full) st = s.put(bytes, buffers);
-    }
+    if (!ring::sleep_until(s.h->space, s.h->space_waiters, ring::deadline_after(timeout), [&] {
+          st = s.put(bytes, buffers);
+          return st != SendStatus::full;
+        }))
+      st = SendStatus::timed_out;
     s.h->publish_blocked_ns.fetch_add(detail::monotonic_ns() - start, std::memory_order_relaxed);
   }
   s.notify_data();
@@ -487,19 +444,7 @@ ReceiveStatus Subscription::take(Message& out) noexcept {
     const ring::SlotState st = ring::state_of(w);
     bool overrun = d > 0;
     if (!overrun && (d < 0 || st != ring::SlotState::full)) {
-      if (d == 0 && st == ring::SlotState::writing) {
-        std::uint64_t key = stuck_word_;
-        if (w != key) {
-          stuck_word_ = w;
-          stuck_since_ = detail::monotonic_ns();
-        } else if (detail::monotonic_ns() - stuck_since_ >=
-                   static_cast<std::uint64_t>(std::chrono::nanoseconds(Channel::kStuckCheck).count())) {
-          stuck_since_ = detail::monotonic_ns();
-          const std::uint32_t writer = ring::pid_of(w);
-          if (writer && detail::process_liveness(static_cast<pid_t>(writer), 0) == detail::Liveness::dead && s.recover(sl, w))
-            continue;
-        }
-      }
+      if (d == 0 && st == ring::SlotState::writing && ring::claimer_dead(w, stuck_) && s.recover(sl, w)) continue;
       // Nothing new — unless we are so far behind that a newer lap looks old.
       if (++empty_polls_ % kTailCheckEvery != 0) return ReceiveStatus::empty;
       const std::uint64_t tail = s.h->tail.load(std::memory_order_acquire);
@@ -588,19 +533,11 @@ ReceiveStatus Subscription::receive(Message& out, std::chrono::nanoseconds timeo
   ReceiveStatus st = take(out);
   if (st == ReceiveStatus::ok || timeout <= std::chrono::nanoseconds::zero()) return st;
   Broadcast::State& s = *s_;
-  const std::uint64_t deadline = deadline_after(timeout);
-  while (st == ReceiveStatus::empty) {
-    const std::uint64_t now = detail::monotonic_ns();
-    if (now >= deadline) return ReceiveStatus::timed_out;
-    s.h->data_waiters.fetch_add(1, std::memory_order_seq_cst);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    const std::uint32_t seen = s.h->data.value();
-    st = take(out);
-    if (st == ReceiveStatus::empty)
-      s.h->data.wait_until(seen, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(std::min(deadline, now + kSleepSlice))));
-    s.h->data_waiters.fetch_sub(1, std::memory_order_relaxed);
-    if (st == ReceiveStatus::empty) st = take(out);
-  }
+  if (!ring::sleep_until(s.h->data, s.h->data_waiters, ring::deadline_after(timeout), [&] {
+        st = take(out);
+        return st != ReceiveStatus::empty;
+      }))
+    return ReceiveStatus::timed_out;
   return st;
 }
 

@@ -16,7 +16,6 @@ namespace {
 
 constexpr std::uint32_t kChannelMagic = 0x43484e4c;  // "CHNL"
 constexpr std::uint32_t kChannelVersion = 1;
-constexpr std::uint64_t kSleepSlice = 50'000'000;   // blocking waits re-check for dead claimers this often
 
 struct alignas(64) ChannelHeader {
   // line 0: immutable after create
@@ -74,16 +73,9 @@ struct Channel::State {
   bool spsc = false;
   bool consumer_cas = true;  // MPMC, or SPSC with drop_oldest (the producer then also consumes)
   Backpressure policy = Backpressure::block;
-  // Stuck detection: the slot word we keep finding in the way, and since
-  // when; one tracker per side, so a process that meets a stuck slot on
-  // both sides does not keep resetting its own timer. Atomics only because
-  // threads of one process share a Channel handle (a lost update delays a
-  // check, it never causes a wrong recovery: liveness decides).
-  struct Stuck {
-    std::atomic<std::uint64_t> word{0};
-    std::atomic<std::uint64_t> since{0};
-  };
-  Stuck stuck_send, stuck_receive;
+  // What keeps being in the way, per side (so a process meeting a stuck
+  // slot on both sides does not keep resetting its own timer).
+  ring::StuckTimer stuck_send, stuck_receive;
 
   ring::SlotHeader* slot(std::uint64_t pos) const noexcept { return ring::slot_at(slots, slot_bytes, mask, pos); }
   std::uint32_t holder(std::uint64_t pos) const noexcept { return ring::slot_holder(tag, static_cast<std::uint32_t>(pos & mask)); }
@@ -92,7 +84,10 @@ struct Channel::State {
   SendStatus put(std::span<const std::byte> bytes, std::span<Buffer> buffers) noexcept;
   ReceiveStatus take(Message& out) noexcept;
   bool drop_oldest() noexcept;
-  bool check_stuck(ring::SlotHeader* s, std::uint64_t w, Stuck& t) noexcept;
+  // Recovers `w` (in our way) if its claimer has been stuck and is dead; true if it did.
+  bool check_stuck(ring::SlotHeader* s, std::uint64_t w, ring::StuckTimer& t) noexcept {
+    return ring::claimer_dead(w, t) && recover(s, w);
+  }
   bool recover(ring::SlotHeader* s, std::uint64_t observed) noexcept;
   void release_slot_handles(ring::SlotHeader* s, std::uint64_t pos) noexcept {
     ring::release_handles(s, payload_capacity(), pool, holder(pos));
@@ -286,8 +281,7 @@ SendStatus Channel::send(std::span<const std::byte> bytes, std::span<Buffer> buf
   }
   if (st != SendStatus::full || s.policy == Backpressure::fail) return st;
   if (s.policy == Backpressure::drop_oldest) {
-    const std::uint64_t start = detail::monotonic_ns();
-    const std::uint64_t limit = timeout == kForever ? UINT64_MAX : start + static_cast<std::uint64_t>(std::max<std::int64_t>(0, timeout.count()));
+    const std::uint64_t limit = ring::deadline_after(timeout);
     while (st == SendStatus::full) {
       if (detail::monotonic_ns() >= limit) return SendStatus::timed_out;
       if (!s.drop_oldest()) sched_yield();  // the slot in the way is being read or written: give it a moment
@@ -298,25 +292,16 @@ SendStatus Channel::send(std::span<const std::byte> bytes, std::span<Buffer> buf
   }
   // Backpressure::block
   const std::uint64_t start = detail::monotonic_ns();
-  const std::uint64_t deadline = timeout == kForever ? UINT64_MAX : start + static_cast<std::uint64_t>(std::max<std::int64_t>(0, timeout.count()));
   for (std::uint32_t i = 0; i < s.h->spin && st == SendStatus::full; ++i) {
     cpu_relax();
     st = s.put(bytes, buffers);
   }
-  while (st == SendStatus::full) {
-    const std::uint64_t now = detail::monotonic_ns();
-    if (now >= deadline) {
-      st = SendStatus::timed_out;
-      break;
-    }
-    s.h->space_waiters.fetch_add(1, std::memory_order_seq_cst);
-    std::atomic_thread_fence(std::memory_order_seq_cst);  // the re-check's loads stay after the announcement
-    const std::uint32_t seen = s.h->space.value();
-    st = s.put(bytes, buffers);  // re-check after announcing ourselves
-    if (st == SendStatus::full) s.h->space.wait_until(seen, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(std::min(deadline, now + kSleepSlice))));
-    s.h->space_waiters.fetch_sub(1, std::memory_order_relaxed);
-    if (st == SendStatus::full) st = s.put(bytes, buffers);
-  }
+  if (st == SendStatus::full &&
+      !ring::sleep_until(s.h->space, s.h->space_waiters, ring::deadline_after(timeout), [&] {
+        st = s.put(bytes, buffers);
+        return st != SendStatus::full;
+      }))
+    st = SendStatus::timed_out;
   s.bump(s.h->send_blocked_ns, false, detail::monotonic_ns() - start);
   if (st == SendStatus::ok) s.notify_data();
   return st;
@@ -437,22 +422,12 @@ ReceiveStatus Channel::receive_spin(Message& out, std::uint32_t spin, std::chron
   }
   if (timeout <= std::chrono::nanoseconds::zero()) return st;
   const std::uint64_t start = detail::monotonic_ns();
-  const std::uint64_t deadline = timeout == kForever ? UINT64_MAX : start + static_cast<std::uint64_t>(timeout.count());
-  while (st == ReceiveStatus::empty) {
-    const std::uint64_t now = detail::monotonic_ns();
-    if (now >= deadline) {
-      st = ReceiveStatus::timed_out;
-      break;
-    }
-    s.h->data_waiters.fetch_add(1, std::memory_order_seq_cst);
-    std::atomic_thread_fence(std::memory_order_seq_cst);  // the re-check's loads stay after the announcement
-    const std::uint32_t seen = s.h->data.value();
-    st = s.take(out);  // re-check after announcing ourselves (Dekker with P5/P6)
-    if (st == ReceiveStatus::empty)
-      s.h->data.wait_until(seen, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(std::min(deadline, now + kSleepSlice))));
-    s.h->data_waiters.fetch_sub(1, std::memory_order_relaxed);
-    if (st == ReceiveStatus::empty) st = s.take(out);
-  }
+  // The sleeping half of the Dekker pair with P5/P6.
+  if (!ring::sleep_until(s.h->data, s.h->data_waiters, ring::deadline_after(timeout), [&] {
+        st = s.take(out);
+        return st != ReceiveStatus::empty;
+      }))
+    st = ReceiveStatus::timed_out;
   s.bump(s.h->receive_blocked_ns, false, detail::monotonic_ns() - start);
   if (st == ReceiveStatus::ok) s.notify_space();
   return st;
@@ -485,25 +460,6 @@ bool Channel::State::recover(ring::SlotHeader* s, std::uint64_t observed) noexce
   notify_space();
   notify_data();
   return true;
-}
-
-// Called when `w` (writing/reading by someone) is in our way. True if it was
-// recovered (the caller retries).
-bool Channel::State::check_stuck(ring::SlotHeader* s, std::uint64_t w, Stuck& t) noexcept {
-  const ring::SlotState st = ring::state_of(w);
-  if (st != ring::SlotState::writing && st != ring::SlotState::reading) return false;
-  const std::uint64_t now = detail::monotonic_ns();
-  if (w != t.word.load(std::memory_order_relaxed)) {
-    t.word.store(w, std::memory_order_relaxed);
-    t.since.store(now, std::memory_order_relaxed);
-    return false;
-  }
-  if (now - t.since.load(std::memory_order_relaxed) < static_cast<std::uint64_t>(std::chrono::nanoseconds(kStuckCheck).count()))
-    return false;
-  t.since.store(now, std::memory_order_relaxed);  // next check one interval later
-  const std::uint32_t pid = ring::pid_of(w);
-  if (pid == 0 || detail::process_liveness(static_cast<pid_t>(pid), 0) != detail::Liveness::dead) return false;
-  return recover(s, w);
 }
 
 std::uint32_t Channel::reclaim(std::uint32_t pid) noexcept {

@@ -31,6 +31,32 @@ const char* to_string(ReceiveStatus s) noexcept {
 
 namespace ring {
 
+std::uint64_t deadline_after(std::chrono::nanoseconds timeout) noexcept {
+  if (timeout == kForever) return UINT64_MAX;
+  return detail::monotonic_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(0, timeout.count()));
+}
+
+bool StuckTimer::expired(std::uint64_t key) noexcept {
+  const std::uint64_t now = detail::monotonic_ns();
+  if (key != key_.load(std::memory_order_relaxed)) {
+    key_.store(key, std::memory_order_relaxed);
+    since_.store(now, std::memory_order_relaxed);
+    return false;
+  }
+  if (now - since_.load(std::memory_order_relaxed) < static_cast<std::uint64_t>(std::chrono::nanoseconds(kStuckCheck).count()))
+    return false;
+  since_.store(now, std::memory_order_relaxed);
+  return true;
+}
+
+bool claimer_dead(std::uint64_t w, StuckTimer& timer) noexcept {
+  const SlotState st = state_of(w);
+  if (st != SlotState::writing && st != SlotState::reading) return false;
+  if (!timer.expired(w)) return false;
+  const std::uint32_t pid = pid_of(w);
+  return pid != 0 && detail::process_liveness(static_cast<pid_t>(pid), 0) == detail::Liveness::dead;
+}
+
 void validate_geometry(const std::string& what, std::uint32_t capacity, std::uint32_t slot_bytes) {
   if (capacity < 2 || capacity > kMaxCapacity || (capacity & (capacity - 1)))
     throw Error(ErrorCode::invalid_argument, what + ": capacity " + std::to_string(capacity) +

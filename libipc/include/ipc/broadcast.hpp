@@ -58,7 +58,7 @@
 // Crash behaviour.
 //   Publisher dies in B1–B5: the slot stays (pos, writing, P). Whoever finds
 //   it in the way (a subscriber waiting at pos, a publisher one lap later;
-//   after Channel::kStuckCheck without progress, if P is dead) or reclaim(P):
+//   after ring::kStuckCheck without progress, if P is dead) or reclaim(P):
 //   R1 CAS (pos, writing, P) → (pos, writing, me); R2 release the handles the
 //   slot lists (old or new: the slot's holder id makes that exact); R3 flags
 //   = skip, commit (pos, full). Subscribers skip it silently: it was never
@@ -214,8 +214,7 @@ class Subscription {
   int slot_ = -1;
   std::uint64_t owner_ = 0;
   std::uint64_t cursor_ = 0;  // local copy (the slot's cursor is the published one)
-  std::uint64_t stuck_word_ = 0;
-  std::uint64_t stuck_since_ = 0;
+  ring::StuckTimer stuck_;  // a dead publisher's slot at our cursor
   std::uint64_t pending_missed_ = 0;  // overrun positions not yet reported with a message
   std::uint32_t empty_polls_ = 0;
 };

@@ -116,12 +116,11 @@ struct ChannelStats {
   std::uint32_t space_waiters = 0;
 };
 
-inline constexpr std::chrono::nanoseconds kForever = std::chrono::nanoseconds::max();
 
 class Channel {
  public:
   // A dead claimer is looked for once a slot shows no progress for this long.
-  static constexpr std::chrono::milliseconds kStuckCheck{5};
+  static constexpr std::chrono::milliseconds kStuckCheck = ring::kStuckCheck;
 
   // Creates the channel object `name` in `segment`. `pool` is needed to send
   // or receive buffers (its id is recorded: every user must open that pool).

@@ -39,6 +39,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -49,10 +50,13 @@
 
 #include <string>
 
+#include "ipc/detail/process.hpp"
 #include "ipc/event.hpp"
 #include "ipc/pool.hpp"
 
 namespace ipc {
+
+inline constexpr std::chrono::nanoseconds kForever = std::chrono::nanoseconds::max();
 
 enum class SendStatus : std::uint8_t {
   ok,
@@ -201,6 +205,61 @@ bool fill_slot(SlotHeader* s, std::span<const std::byte> bytes, std::span<Buffer
 // Releases every reference the slot lists under `holder` (a handle the slot
 // does not hold is a no-op in the pool), then handles = 0.
 void release_handles(SlotHeader* s, std::size_t payload_capacity, BufferPool* pool, std::uint32_t holder) noexcept;
+
+// How long a slot (or cursor) may show no progress before its claimer's
+// liveness is checked, and how often a blocked caller wakes to look again.
+inline constexpr std::chrono::milliseconds kStuckCheck{5};
+inline constexpr std::uint64_t kSleepSliceNs = 50'000'000;
+
+// Monotonic-ns deadline `timeout` from now (kForever: never; negative: now).
+std::uint64_t deadline_after(std::chrono::nanoseconds timeout) noexcept;
+
+// Remembers what keeps being in the way and since when. expired(key) is true
+// once the same key has been seen for kStuckCheck (then it re-arms, so the
+// next true comes one interval later). Relaxed atomics: threads of one
+// process may share it; a lost update only delays a check, and callers
+// decide by liveness, never by the timer alone.
+class StuckTimer {
+ public:
+  StuckTimer() = default;
+  StuckTimer(const StuckTimer& o) noexcept { *this = o; }
+  StuckTimer& operator=(const StuckTimer& o) noexcept {
+    key_.store(o.key_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    since_.store(o.since_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    return *this;
+  }
+  bool expired(std::uint64_t key) noexcept;
+
+ private:
+  std::atomic<std::uint64_t> key_{0};
+  std::atomic<std::uint64_t> since_{0};
+};
+
+// True once the slot word `w` (writing or reading) has been in the way for
+// kStuckCheck and its claimer is provably dead.
+bool claimer_dead(std::uint64_t w, StuckTimer& timer) noexcept;
+
+// The sleeping half of the Dekker pair whose other half is a commit (seq_cst
+// store) followed by a seq_cst load of `waiters`: announce, re-check with
+// `attempt`, sleep until `event` changes, the deadline passes, or a slice
+// ends (so stuck slots are looked at again); repeat. `attempt()` returns
+// true when the caller is done. Returns false if the deadline passed first.
+template <class Attempt>
+bool sleep_until(Event& event, std::atomic<std::uint32_t>& waiters, std::uint64_t deadline_ns, Attempt&& attempt) noexcept {
+  for (;;) {
+    const std::uint64_t now = detail::monotonic_ns();
+    if (now >= deadline_ns) return false;
+    waiters.fetch_add(1, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // the re-check's loads stay after the announcement
+    const std::uint32_t seen = event.value();
+    bool done = attempt();
+    if (!done)
+      event.wait_until(seen, std::chrono::steady_clock::time_point(
+                                 std::chrono::nanoseconds(std::min(deadline_ns, now + kSleepSliceNs))));
+    waiters.fetch_sub(1, std::memory_order_relaxed);
+    if (done || attempt()) return true;
+  }
+}
 
 // A pollable listener on a ring's data Event that counts as a waiter while
 // it lives (so producers notify on every message).
