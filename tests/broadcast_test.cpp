@@ -1019,8 +1019,8 @@ TEST_CASE("bad arguments give clear errors: capacity / slot_bytes / max_subscrib
   } catch (const Error& e) {
     const std::string what = e.what();
     INFO(what);
-    // broadcast.hpp promises invalid_argument; Segment::open_object says already_exists.
-    CHECK((e.code() == ErrorCode::invalid_argument || e.code() == ErrorCode::already_exists));
+    // broadcast.hpp: "Throws not_found, type_mismatch (the name is an object of another type)".
+    CHECK(e.code() == ErrorCode::type_mismatch);
     CHECK(what.find("raw") != std::string::npos);
     CHECK(what.find("broadcast") != std::string::npos);
   }

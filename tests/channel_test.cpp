@@ -837,7 +837,7 @@ TEST_CASE("open with a different pool throws invalid_argument naming the channel
   CHECK(msg.find("bare") != std::string::npos);
 }
 
-TEST_CASE("open of an object of another type (pool, raw) throws already_exists naming the channel, as channel.hpp says") {
+TEST_CASE("open of an object of another type (pool, raw) throws type_mismatch naming the channel, as channel.hpp says") {
   TestDomain d;
   Segment seg = Segment::create("types", opts(d, 8u << 20));
   BufferPool pool = BufferPool::create(seg, "jobs", pool_config(8));
@@ -849,8 +849,8 @@ TEST_CASE("open of an object of another type (pool, raw) throws already_exists n
     CHECK(code != ErrorCode::system);  // it threw
     CHECK(msg.find(name) != std::string::npos);
     CHECK(msg.find("channel") != std::string::npos);
-    // channel.hpp: "Throws not_found, already_exists (the name is an object of another type), …"
-    CHECK(code == ErrorCode::already_exists);
+    // channel.hpp: "Throws not_found, type_mismatch (the name is an object of another type), …"
+    CHECK(code == ErrorCode::type_mismatch);
   }
   // A channel-typed object that was never initialised is refused, not used.
   seg.create_object("zeroed", ObjectType::channel, 4096);

@@ -736,7 +736,7 @@ TEST_CASE("bad input: sizes, full map without growth, no room to grow, wrong typ
     BytesMap::open(seg, "sem");
     FAIL("opening a semaphore as a map must throw");
   } catch (const Error& e) {
-    CHECK(e.code() == ErrorCode::already_exists);
+    CHECK(e.code() == ErrorCode::type_mismatch);
     CHECK(std::string(e.what()).find("sem") != std::string::npos);
   }
   CHECK_THROWS_WITH_AS(BytesMap::open(seg, "absent"), doctest::Contains("absent"), Error);

@@ -449,7 +449,7 @@ TEST_CASE("bad input: zero capacity, oversized elements, wrong object type, elem
   seg.find_or_create<Semaphore>("sem", ObjectType::semaphore, 1u);
   e = code_of([&] { PriorityQueue<int>::open(seg, "sem"); });
   REQUIRE(e);
-  CHECK(e->first == ErrorCode::already_exists);
+  CHECK(e->first == ErrorCode::type_mismatch);
   CHECK(e->second.find("semaphore") != std::string::npos);
   CHECK(e->second.find("priority_queue") != std::string::npos);
 

@@ -170,6 +170,14 @@ TEST_CASE("object lifecycle: remove frees space for reuse and errors name the ob
     seg.open_object("o1", ObjectType::mutex);
     FAIL("expected type mismatch");
   } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::type_mismatch);
+    CHECK(std::string(e.what()).find("is a raw, not a mutex") != std::string::npos);
+  }
+  try {
+    seg.find_or_create_object("o1", ObjectType::mutex, 64);
+    FAIL("expected type mismatch");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::type_mismatch);
     CHECK(std::string(e.what()).find("is a raw, not a mutex") != std::string::npos);
   }
   try {

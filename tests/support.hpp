@@ -28,7 +28,7 @@
 
 #include "ipc/error.hpp"
 #include "ipc/pool.hpp"
-#include "ipc/ring.hpp"
+#include "ipc/channel_message.hpp"
 #include "ipc/segment.hpp"
 
 // doctest prints these by name (found by argument-dependent lookup).

@@ -3,7 +3,7 @@
 #include "ipc/detail/futex.hpp"
 #include "ipc/detail/process.hpp"
 #include "ipc/error.hpp"
-#include "ipc/log.hpp"
+#include "log.hpp"
 
 namespace ipc {
 
@@ -176,7 +176,7 @@ BarrierResult Barrier::arrive(std::uint64_t deadline_ns) noexcept {
 }
 
 BarrierResult Barrier::arrive_and_wait_for(std::chrono::nanoseconds timeout) noexcept {
-  return arrive(detail::deadline_ns(std::chrono::steady_clock::now() + timeout));
+  return arrive(detail::deadline_after(timeout));
 }
 
 void Barrier::reset() noexcept {

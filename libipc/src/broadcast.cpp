@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <new>
 #include <string>
@@ -42,6 +43,14 @@ struct alignas(64) BroadcastHeader {
   Event space;
 };
 static_assert(sizeof(BroadcastHeader) % 64 == 0);
+// The segment format, pinned: a change here is a layout version bump.
+static_assert(sizeof(BroadcastHeader) == 4544 && alignof(BroadcastHeader) == 64);
+static_assert(offsetof(BroadcastHeader, magic) == 0 && offsetof(BroadcastHeader, version) == 4 && offsetof(BroadcastHeader, capacity) == 8 && offsetof(BroadcastHeader, slot_bytes) == 12);
+static_assert(offsetof(BroadcastHeader, policy) == 16 && offsetof(BroadcastHeader, pool_id) == 20 && offsetof(BroadcastHeader, tag) == 24 && offsetof(BroadcastHeader, max_subscribers) == 28);
+static_assert(offsetof(BroadcastHeader, subs_offset) == 32 && offsetof(BroadcastHeader, slots_offset) == 40 && offsetof(BroadcastHeader, object_bytes) == 48 && offsetof(BroadcastHeader, tail) == 64);
+static_assert(offsetof(BroadcastHeader, publishes) == 72 && offsetof(BroadcastHeader, recovered) == 80 && offsetof(BroadcastHeader, publish_blocked_ns) == 88 && offsetof(BroadcastHeader, claim_generation) == 128);
+static_assert(offsetof(BroadcastHeader, joins) == 136 && offsetof(BroadcastHeader, data_waiters) == 192 && offsetof(BroadcastHeader, space_waiters) == 256 && offsetof(BroadcastHeader, data) == 320);
+static_assert(offsetof(BroadcastHeader, space) == 2432);
 
 struct alignas(64) SubscriberSlot {
   std::atomic<std::uint64_t> owner;  // pid << 32 | generation << 1 | active; 0 = free
@@ -51,6 +60,10 @@ struct alignas(64) SubscriberSlot {
   std::atomic<std::uint64_t> missed;
 };
 static_assert(sizeof(SubscriberSlot) == 64);
+// The segment format, pinned: a change here is a layout version bump.
+static_assert(sizeof(SubscriberSlot) == 64 && alignof(SubscriberSlot) == 64);
+static_assert(offsetof(SubscriberSlot, owner) == 0 && offsetof(SubscriberSlot, token) == 8 && offsetof(SubscriberSlot, cursor) == 16 && offsetof(SubscriberSlot, received) == 24);
+static_assert(offsetof(SubscriberSlot, missed) == 32);
 
 void validate(const BroadcastConfig& c, std::string_view name) {
   const std::string what = "broadcast '" + std::string(name) + "': ";
@@ -335,9 +348,9 @@ bool Broadcast::State::recover(ring::SlotHeader* s, std::uint64_t observed) noex
     return false;
   std::atomic_thread_fence(std::memory_order_release);  // the word change is ordered before our slot writes (seqlock)
   release_slot_handles(s, pos);
-  s->bytes = 0;
-  s->flags = ring::kSkip;
-  s->pos_high = high_bits_near_tail(static_cast<std::uint32_t>(pos));
+  ring::store_field(s->bytes, 0);
+  ring::store_field(s->flags, ring::kSkip);
+  ring::store_field(s->pos_high, high_bits_near_tail(static_cast<std::uint32_t>(pos)));
   s->word.store(ring::make_word(pos, ring::SlotState::full, 0), std::memory_order_seq_cst);
   h->recovered.fetch_add(1, std::memory_order_relaxed);
   notify_data();
@@ -383,7 +396,7 @@ SendStatus Broadcast::State::put(std::span<const std::byte> bytes, std::span<Buf
     h->tail.compare_exchange_strong(expected, pos + 1, std::memory_order_relaxed);  // B2
     release_slot_handles(s, pos);  // B3 (the old message's references; same slot, same holder id)
     // B4 (pos_high first: S2 reads it with the rest, S4 validates)
-    s->pos_high = static_cast<std::uint16_t>(pos >> 32);
+    ring::store_field(s->pos_high, pos >> 32);
     if (!ring::fill_slot(s, bytes, buffers, pool, me, holder(pos))) {
       s->word.store(ring::make_word(pos, ring::SlotState::full, 0), std::memory_order_seq_cst);
       return SendStatus::bad_buffer;
@@ -404,7 +417,7 @@ SendStatus Broadcast::publish(std::span<const std::byte> bytes, std::span<Buffer
   State& s = *s_;
   SendStatus st = s.put(bytes, buffers);
   if (st == SendStatus::full && !s.blocking) {  // a lossy ring is "full" only behind a writer: let it finish
-    const std::uint64_t deadline = ring::deadline_after(timeout);
+    const std::uint64_t deadline = detail::deadline_after(timeout);
     while (st == SendStatus::full && detail::monotonic_ns() < deadline) {
       sched_yield();
       st = s.put(bytes, buffers);
@@ -412,7 +425,7 @@ SendStatus Broadcast::publish(std::span<const std::byte> bytes, std::span<Buffer
     if (st == SendStatus::full) st = SendStatus::timed_out;
   } else if (st == SendStatus::full) {
     const std::uint64_t start = detail::monotonic_ns();
-    if (!ring::sleep_until(s.h->space, s.h->space_waiters, ring::deadline_after(timeout), [&] {
+    if (!s.h->space.sleep_until(s.h->space_waiters, detail::deadline_after(timeout), ring::kSleepSliceNs, [&] {
           st = s.put(bytes, buffers);
           return st != SendStatus::full;
         }))
@@ -453,10 +466,12 @@ ReceiveStatus Subscription::take(Message& out) noexcept {
     }
     if (!overrun) {
       // (c, full): S2. The word has the position's low 32 bits, pos_high the next 16.
-      const std::uint16_t high = sl->pos_high;
-      const bool skip = sl->flags & ring::kSkip;
-      const std::uint32_t n = std::min<std::uint32_t>(sl->handles, static_cast<std::uint32_t>(s.payload_capacity() / ring::kHandleBytes));
-      const std::uint32_t len = std::min<std::uint32_t>(sl->bytes, static_cast<std::uint32_t>(s.payload_capacity() - n * ring::kHandleBytes));
+      const std::uint16_t high = ring::load_field(sl->pos_high);
+      const bool skip = ring::load_field(sl->flags) & ring::kSkip;
+      const std::uint32_t n = std::min<std::uint32_t>(ring::load_field(sl->handles),
+                                                      static_cast<std::uint32_t>(s.payload_capacity() / ring::kHandleBytes));
+      const std::uint32_t len = std::min<std::uint32_t>(
+          ring::load_field(sl->bytes), static_cast<std::uint32_t>(s.payload_capacity() - n * ring::kHandleBytes));
       std::memcpy(out.prepare(len), ring::payload_of(sl) + std::size_t(n) * ring::kHandleBytes, len);
       BufferHandle handles[ring::kMaxHandles];
       for (std::uint32_t i = 0; i < n; ++i) handles[i] = ring::handle_at(sl, static_cast<int>(i));
@@ -533,7 +548,7 @@ ReceiveStatus Subscription::receive(Message& out, std::chrono::nanoseconds timeo
   ReceiveStatus st = take(out);
   if (st == ReceiveStatus::ok || timeout <= std::chrono::nanoseconds::zero()) return st;
   Broadcast::State& s = *s_;
-  if (!ring::sleep_until(s.h->data, s.h->data_waiters, ring::deadline_after(timeout), [&] {
+  if (!s.h->data.sleep_until(s.h->data_waiters, detail::deadline_after(timeout), ring::kSleepSliceNs, [&] {
         st = take(out);
         return st != ReceiveStatus::empty;
       }))

@@ -3,10 +3,12 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <new>
 #include <string>
 
+#include "ipc/detail/cpu.hpp"
 #include "ipc/detail/process.hpp"
 #include "ipc/error.hpp"
 
@@ -47,6 +49,14 @@ struct alignas(64) ChannelHeader {
   Event space;
 };
 static_assert(sizeof(ChannelHeader) % 64 == 0);
+// The segment format, pinned: a change here is a layout version bump.
+static_assert(sizeof(ChannelHeader) == 4544 && alignof(ChannelHeader) == 64);
+static_assert(offsetof(ChannelHeader, magic) == 0 && offsetof(ChannelHeader, version) == 4 && offsetof(ChannelHeader, kind) == 8 && offsetof(ChannelHeader, backpressure) == 12);
+static_assert(offsetof(ChannelHeader, capacity) == 16 && offsetof(ChannelHeader, slot_bytes) == 20 && offsetof(ChannelHeader, pool_id) == 24 && offsetof(ChannelHeader, tag) == 28);
+static_assert(offsetof(ChannelHeader, spin) == 32 && offsetof(ChannelHeader, slots_offset) == 40 && offsetof(ChannelHeader, object_bytes) == 48 && offsetof(ChannelHeader, tail) == 64);
+static_assert(offsetof(ChannelHeader, sends) == 72 && offsetof(ChannelHeader, drops) == 80 && offsetof(ChannelHeader, recovered) == 88 && offsetof(ChannelHeader, send_blocked_ns) == 96);
+static_assert(offsetof(ChannelHeader, head) == 128 && offsetof(ChannelHeader, receives) == 136 && offsetof(ChannelHeader, receive_blocked_ns) == 144 && offsetof(ChannelHeader, data_waiters) == 192);
+static_assert(offsetof(ChannelHeader, space_waiters) == 256 && offsetof(ChannelHeader, data) == 320 && offsetof(ChannelHeader, space) == 2432);
 
 void validate(const ChannelConfig& c, std::string_view name) {
   const std::string what = "channel '" + std::string(name) + "'";
@@ -55,8 +65,6 @@ void validate(const ChannelConfig& c, std::string_view name) {
     throw Error(ErrorCode::invalid_argument, what + ": unknown kind");
   if (c.backpressure > Backpressure::fail) throw Error(ErrorCode::invalid_argument, what + ": unknown backpressure policy");
 }
-
-inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
 
 }  // namespace
 
@@ -281,7 +289,7 @@ SendStatus Channel::send(std::span<const std::byte> bytes, std::span<Buffer> buf
   }
   if (st != SendStatus::full || s.policy == Backpressure::fail) return st;
   if (s.policy == Backpressure::drop_oldest) {
-    const std::uint64_t limit = ring::deadline_after(timeout);
+    const std::uint64_t limit = detail::deadline_after(timeout);
     while (st == SendStatus::full) {
       if (detail::monotonic_ns() >= limit) return SendStatus::timed_out;
       if (!s.drop_oldest()) sched_yield();  // the slot in the way is being read or written: give it a moment
@@ -293,11 +301,11 @@ SendStatus Channel::send(std::span<const std::byte> bytes, std::span<Buffer> buf
   // Backpressure::block
   const std::uint64_t start = detail::monotonic_ns();
   for (std::uint32_t i = 0; i < s.h->spin && st == SendStatus::full; ++i) {
-    cpu_relax();
+    detail::cpu_relax();
     st = s.put(bytes, buffers);
   }
   if (st == SendStatus::full &&
-      !ring::sleep_until(s.h->space, s.h->space_waiters, ring::deadline_after(timeout), [&] {
+      !s.h->space.sleep_until(s.h->space_waiters, detail::deadline_after(timeout), ring::kSleepSliceNs, [&] {
         st = s.put(bytes, buffers);
         return st != SendStatus::full;
       }))
@@ -413,7 +421,7 @@ ReceiveStatus Channel::receive_spin(Message& out, std::uint32_t spin, std::chron
   out.clear();
   ReceiveStatus st = s.take(out);
   for (std::uint32_t i = 0; i < spin && st == ReceiveStatus::empty; ++i) {
-    cpu_relax();
+    detail::cpu_relax();
     st = s.take(out);
   }
   if (st == ReceiveStatus::ok) {
@@ -423,7 +431,7 @@ ReceiveStatus Channel::receive_spin(Message& out, std::uint32_t spin, std::chron
   if (timeout <= std::chrono::nanoseconds::zero()) return st;
   const std::uint64_t start = detail::monotonic_ns();
   // The sleeping half of the Dekker pair with P5/P6.
-  if (!ring::sleep_until(s.h->data, s.h->data_waiters, ring::deadline_after(timeout), [&] {
+  if (!s.h->data.sleep_until(s.h->data_waiters, detail::deadline_after(timeout), ring::kSleepSliceNs, [&] {
         st = s.take(out);
         return st != ReceiveStatus::empty;
       }))

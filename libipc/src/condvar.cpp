@@ -39,7 +39,7 @@ CondWait CondVar::wait_impl(Mutex& m, std::uint64_t deadline_ns) noexcept {
 CondWait CondVar::wait(Mutex& m) noexcept { return wait_impl(m, detail::kNoDeadline); }
 
 CondWait CondVar::wait_for(Mutex& m, std::chrono::nanoseconds timeout) noexcept {
-  return wait_until(m, std::chrono::steady_clock::now() + timeout);
+  return wait_impl(m, detail::deadline_after(timeout));
 }
 
 CondWait CondVar::wait_until(Mutex& m, std::chrono::steady_clock::time_point deadline) noexcept {

@@ -21,6 +21,7 @@ std::string_view to_string(ErrorCode code) noexcept {
     case ErrorCode::owner_died: return "owner_died";
     case ErrorCode::timeout: return "timeout";
     case ErrorCode::system: return "system";
+    case ErrorCode::type_mismatch: return "type_mismatch";
   }
   return "unknown";
 }

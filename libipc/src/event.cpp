@@ -13,7 +13,7 @@
 #include "ipc/detail/futex.hpp"
 #include "ipc/detail/process.hpp"
 #include "ipc/error.hpp"
-#include "ipc/log.hpp"
+#include "log.hpp"
 
 namespace ipc {
 namespace {
@@ -110,7 +110,7 @@ EventWait Event::wait_impl(std::uint32_t seen, std::uint64_t deadline_ns) noexce
 EventWait Event::wait(std::uint32_t seen) noexcept { return wait_impl(seen, detail::kNoDeadline); }
 
 EventWait Event::wait_for(std::uint32_t seen, std::chrono::nanoseconds timeout) noexcept {
-  return wait_until(seen, std::chrono::steady_clock::now() + timeout);
+  return wait_impl(seen, detail::deadline_after(timeout));
 }
 
 EventWait Event::wait_until(std::uint32_t seen, std::chrono::steady_clock::time_point deadline) noexcept {

@@ -1,13 +1,14 @@
 #include "ipc/hash_map.hpp"
 
 #include <algorithm>
+#include <cstddef>
 #include <bit>
 #include <chrono>
 #include <new>
 #include <thread>
 
 #include "ipc/detail/process.hpp"
-#include "ipc/log.hpp"
+#include "log.hpp"
 
 namespace ipc {
 namespace {
@@ -34,6 +35,11 @@ struct alignas(64) MapHeader {
   std::uint64_t journal_offset;  // from the header start
   std::atomic<std::uint32_t> ready;  // 1 once every shard has a table (release)
 };
+// The segment format, pinned: a change here is a layout version bump.
+static_assert(sizeof(MapHeader) == 64 && alignof(MapHeader) == 64);
+static_assert(offsetof(MapHeader, magic) == 0 && offsetof(MapHeader, layout_version) == 8 && offsetof(MapHeader, shard_count) == 12 && offsetof(MapHeader, max_key_bytes) == 16);
+static_assert(offsetof(MapHeader, max_value_bytes) == 20 && offsetof(MapHeader, entry_size) == 24 && offsetof(MapHeader, initial_capacity) == 28 && offsetof(MapHeader, load_permille) == 32);
+static_assert(offsetof(MapHeader, allow_growth) == 36 && offsetof(MapHeader, shards_offset) == 40 && offsetof(MapHeader, journal_offset) == 48 && offsetof(MapHeader, ready) == 56);
 
 // The first 8 bytes of every slot; key bytes follow, then value bytes.
 struct EntryHeader {
@@ -106,6 +112,11 @@ struct alignas(64) BytesMap::Shard {
   std::atomic<std::uint64_t> rehashes{0};
   std::atomic<std::uint64_t> repairs{0};
 };
+// The segment format, pinned: a change here is a layout version bump.
+static_assert(sizeof(BytesMap::Shard) == 2432 && alignof(BytesMap::Shard) == 64);
+static_assert(offsetof(BytesMap::Shard, lock) == 0 && offsetof(BytesMap::Shard, table_offset) == 2240 && offsetof(BytesMap::Shard, size) == 2248 && offsetof(BytesMap::Shard, tombstones) == 2256);
+static_assert(offsetof(BytesMap::Shard, growing_to) == 2264 && offsetof(BytesMap::Shard, journal_state) == 2272 && offsetof(BytesMap::Shard, capacity) == 2296 && offsetof(BytesMap::Shard, generation) == 2304);
+static_assert(offsetof(BytesMap::Shard, lock_waits) == 2368 && offsetof(BytesMap::Shard, probe_total) == 2384 && offsetof(BytesMap::Shard, repairs) == 2416);
 
 struct BytesMap::Table {
   std::uint64_t magic;

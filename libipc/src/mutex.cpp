@@ -8,7 +8,7 @@
 #include <ctime>
 
 #include "ipc/detail/futex.hpp"
-#include "ipc/log.hpp"
+#include "log.hpp"
 
 #if defined(__SANITIZE_THREAD__)
 #define IPC_TSAN 1
@@ -41,6 +41,7 @@ const char* to_string(LockResult r) noexcept {
     case LockResult::timed_out: return "timed_out";
     case LockResult::not_recoverable: return "not_recoverable";
     case LockResult::deadlock: return "deadlock";
+    case LockResult::invalid: return "invalid";
   }
   return "unknown";
 }
@@ -98,19 +99,34 @@ int Mutex::clocklock(const timespec* deadline) noexcept {
 #endif
 }
 
-LockResult Mutex::try_lock() noexcept { return finish(::pthread_mutex_trylock(&native_)); }
+LockResult Mutex::try_lock() noexcept {
+  if (!valid()) return LockResult::invalid;
+  return finish(::pthread_mutex_trylock(&native_));
+}
 
 LockResult Mutex::try_lock_for(std::chrono::nanoseconds timeout) noexcept {
-  return try_lock_until(std::chrono::steady_clock::now() + timeout);
+  if (!valid()) return LockResult::invalid;
+  int rc = ::pthread_mutex_trylock(&native_);
+  if (rc != EBUSY) return finish(rc);
+  return lock_slow(rc, detail::deadline_after(timeout));
 }
 
 LockResult Mutex::try_lock_until(std::chrono::steady_clock::time_point deadline) noexcept {
+  if (!valid()) return LockResult::invalid;
   int rc = ::pthread_mutex_trylock(&native_);
   if (rc != EBUSY) return finish(rc);
   return lock_slow(rc, detail::deadline_ns(deadline));
 }
 
 LockResult Mutex::lock_slow(int first_rc, std::uint64_t deadline_ns) noexcept {
+  if (!valid()) [[unlikely]] {
+    // Zeroed memory is a glibc *normal* mutex: blocking on it would sleep on
+    // a private futex, deaf to other processes, with no owner-died. lock()
+    // only gets here when its trylock failed, so nothing is held to undo.
+    log::error("mutex at {}: lock on memory that is not an initialised Mutex (magic {:#x}); refused",
+               static_cast<const void*>(this), magic_);
+    return LockResult::invalid;
+  }
   if (first_rc != EBUSY) return finish(first_rc);
   std::uint64_t now = detail::monotonic_ns();
   if (now >= deadline_ns) return LockResult::timed_out;

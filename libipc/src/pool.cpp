@@ -10,7 +10,7 @@
 
 #include "ipc/detail/process.hpp"
 #include "ipc/error.hpp"
-#include "ipc/log.hpp"
+#include "log.hpp"
 #include "ipc/mutex.hpp"
 
 namespace ipc {
@@ -1041,7 +1041,7 @@ Allocation BufferPool::allocate(std::size_t size, Priority priority) noexcept {
 }
 
 Allocation BufferPool::allocate_for(std::size_t size, std::chrono::nanoseconds timeout, Priority priority) noexcept {
-  return allocate_impl(size, priority, detail::deadline_ns(std::chrono::steady_clock::now() + timeout));
+  return allocate_impl(size, priority, detail::deadline_after(timeout));
 }
 
 AllocStatus BufferPool::State::try_alloc(std::uint32_t c, Priority priority, std::uint32_t* index) noexcept {
@@ -1069,21 +1069,12 @@ Allocation BufferPool::allocate_impl(std::size_t size, Priority priority, std::u
     }
     std::uint32_t head = 0;
     AllocStatus st = s.region_alloc(size, &head);
-    if (st == AllocStatus::exhausted && deadline_ns != 0) {
-      s.header->alloc_waiters.fetch_add(1, std::memory_order_seq_cst);
-      const auto deadline = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
-      for (;;) {
-        std::uint32_t seen = s.header->freed.value();
-        st = s.region_alloc(size, &head);
-        if (st != AllocStatus::exhausted) break;
-        if (detail::monotonic_ns() >= deadline_ns) {
-          st = AllocStatus::timed_out;
-          break;
-        }
-        s.header->freed.wait_until(seen, deadline);
-      }
-      s.header->alloc_waiters.fetch_sub(1, std::memory_order_relaxed);
-    }
+    if (st == AllocStatus::exhausted && deadline_ns != 0 &&
+        !s.header->freed.sleep_until(s.header->alloc_waiters, deadline_ns, detail::kNoDeadline, [&] {
+          st = s.region_alloc(size, &head);
+          return st != AllocStatus::exhausted;
+        }))
+      st = AllocStatus::timed_out;
     if (st != AllocStatus::ok) {
       s.region()->failures.fetch_add(1, std::memory_order_relaxed);
       out.status = st;
@@ -1121,23 +1112,14 @@ Allocation BufferPool::allocate_impl(std::size_t size, Priority priority, std::u
   // At most one growth per call: grow() may report room that another
   // process takes first; a wait policy (or the caller) retries.
   if (st == AllocStatus::exhausted && grow && s.grow(c, priority)) st = try_all();
-  if (st == AllocStatus::exhausted && deadline_ns != 0) {
-    // Wait for a free. SYNC POINT: alloc_waiters++ before the re-check;
-    // free_shared() loads it after freeing (F4), in every part.
-    s.header->alloc_waiters.fetch_add(1, std::memory_order_seq_cst);
-    const auto deadline = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
-    for (;;) {
-      std::uint32_t seen = s.header->freed.value();
-      st = try_all();
-      if (st != AllocStatus::exhausted) break;
-      if (detail::monotonic_ns() >= deadline_ns) {
-        st = AllocStatus::timed_out;
-        break;
-      }
-      s.header->freed.wait_until(seen, deadline);  // a free, or the deadline; the loop re-checks
-    }
-    s.header->alloc_waiters.fetch_sub(1, std::memory_order_relaxed);
-  }
+  // Wait for a free. SYNC POINT: alloc_waiters++ before the re-check (W1 of
+  // Event::sleep_until); free_shared() loads it after freeing (F4), in every part.
+  if (st == AllocStatus::exhausted && deadline_ns != 0 &&
+      !s.header->freed.sleep_until(s.header->alloc_waiters, deadline_ns, detail::kNoDeadline, [&] {
+        st = try_all();
+        return st != AllocStatus::exhausted;
+      }))
+    st = AllocStatus::timed_out;
   if (st != AllocStatus::ok) {
     s.count_op(c, true, true);
     out.status = st;

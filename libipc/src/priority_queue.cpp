@@ -10,9 +10,10 @@
 #include <vector>
 
 #include "ipc/detail/futex.hpp"
+#include "ipc/detail/cpu.hpp"
 #include "ipc/detail/process.hpp"
 #include "ipc/error.hpp"
-#include "ipc/log.hpp"
+#include "log.hpp"
 
 namespace ipc {
 
@@ -58,10 +59,6 @@ Offsets offsets_for(std::uint64_t header, std::uint32_t capacity, std::uint32_t 
   o.payload = o.free + round_up(std::uint64_t{capacity} * 4, 64);
   o.total = o.payload + round_up(std::uint64_t{capacity} * stride_for(element_size), 64);
   return o;
-}
-
-std::chrono::steady_clock::time_point to_time_point(std::uint64_t ns) {
-  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(static_cast<std::int64_t>(ns)));
 }
 
 }  // namespace
@@ -460,45 +457,30 @@ namespace {
 
 constexpr int kSpinBeforeSleep = 128;
 
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
+constexpr bool retry(QueueStatus st) noexcept { return st == QueueStatus::full || st == QueueStatus::empty; }
 
-// The blocking loop shared by push_until and pop_until: try; register as a
-// waiter; sleep on `event` while `blocked()` holds, in liveness slices;
-// retry under the lock (which repairs after a death).
+// The blocking loop shared by push_until and pop_until: try; spin briefly
+// while `blocked()` holds; then sleep on `event` (Event::sleep_until, the
+// notifier side is push/pop's depth store then the waiters load) in slices
+// of the mutex liveness slice, retrying under the lock (which repairs after
+// a death) whenever `blocked()` stops holding.
 template <typename Try, typename Blocked>
 QueueStatus wait_loop(Header& h, Event& event, std::atomic<std::uint32_t>& waiters, std::uint64_t deadline_ns,
                       Try attempt, Blocked blocked) noexcept {
   QueueStatus st = attempt();
-  if (st != QueueStatus::full && st != QueueStatus::empty) return st;
+  if (!retry(st)) return st;
+  const std::uint64_t start = detail::monotonic_ns();
+  // A short spin first: a partner on another CPU usually acts within
+  // microseconds, and a futex sleep + wake costs more than that.
+  for (int i = 0; i < kSpinBeforeSleep && blocked(); ++i) detail::cpu_relax();
+  const auto done = [&] {
+    if (blocked()) return false;
+    st = attempt();
+    return !retry(st);
+  };
   const std::uint64_t slice =
       static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Mutex::kLivenessSlice).count());
-  const std::uint64_t start = detail::monotonic_ns();
-  for (;;) {
-    // A short spin first: a partner on another CPU usually acts within
-    // microseconds, and a futex sleep + wake costs more than that.
-    for (int i = 0; i < kSpinBeforeSleep && blocked(); ++i) cpu_relax();
-    if (!blocked()) {
-      st = attempt();
-      if (st != QueueStatus::full && st != QueueStatus::empty) break;
-    }
-    const std::uint64_t now = detail::monotonic_ns();
-    if (now >= deadline_ns) {
-      st = QueueStatus::timed_out;
-      break;
-    }
-    waiters.fetch_add(1, std::memory_order_seq_cst);  // SYNC POINT: Dekker with push/pop's depth store
-    const std::uint32_t seen = event.value();
-    if (blocked()) event.wait_until(seen, to_time_point(std::min(deadline_ns, now + slice)));
-    waiters.fetch_sub(1, std::memory_order_relaxed);
-    st = attempt();
-    if (st != QueueStatus::full && st != QueueStatus::empty) break;
-  }
+  if (!done() && !event.sleep_until(waiters, deadline_ns, slice, done)) st = QueueStatus::timed_out;
   h.wait_ns.fetch_add(detail::monotonic_ns() - start, std::memory_order_relaxed);
   return st;
 }

@@ -1,5 +1,6 @@
-// The steps ring channels and broadcast channels share: see ipc/ring.hpp.
-#include "ipc/ring.hpp"
+// The steps ring channels and broadcast channels share: see ipc/detail/ring.hpp.
+#include "ipc/channel_message.hpp"
+#include "ipc/detail/ring.hpp"
 
 #include <sys/random.h>
 
@@ -110,16 +111,17 @@ bool fill_slot(SlotHeader* s, std::span<const std::byte> bytes, std::span<Buffer
   std::byte* p = payload_of(s);
   for (std::size_t i = 0; i < n; ++i) std::memcpy(p + i * kHandleBytes, &buffers[i].handle(), kHandleBytes);
   if (!bytes.empty()) std::memcpy(p + n * kHandleBytes, bytes.data(), bytes.size());
-  s->bytes = static_cast<std::uint32_t>(bytes.size());
-  s->flags = 0;
-  s->handles = static_cast<std::uint8_t>(n);  // before the moves: a recoverer releases what the slot lists
+  // Relaxed atomics: broadcast subscribers may read these concurrently (load_field).
+  store_field(s->bytes, bytes.size());
+  store_field(s->flags, 0);
+  store_field(s->handles, n);  // before the moves: a recoverer releases what the slot lists
   std::size_t moved = 0;
   for (; moved < n; ++moved)
     if (pool->transfer(buffers[moved].handle(), me, holder) != BufferPool::HandleStatus::ok) break;
   if (moved < n) {  // only a handle that is not really ours can fail
     for (std::size_t i = 0; i < moved; ++i) pool->transfer(buffers[i].handle(), holder, me);
-    s->handles = 0;
-    s->flags = kSkip;
+    store_field(s->handles, 0);
+    store_field(s->flags, kSkip);
     return false;
   }
   for (std::size_t i = 0; i < n; ++i) buffers[i].detach();
@@ -127,10 +129,10 @@ bool fill_slot(SlotHeader* s, std::span<const std::byte> bytes, std::span<Buffer
 }
 
 void release_handles(SlotHeader* s, std::size_t payload_capacity, BufferPool* pool, std::uint32_t holder) noexcept {
-  const std::uint32_t n = std::min<std::uint32_t>(s->handles, static_cast<std::uint32_t>(payload_capacity / kHandleBytes));
+  const std::uint32_t n = std::min<std::uint32_t>(load_field(s->handles), static_cast<std::uint32_t>(payload_capacity / kHandleBytes));
   if (pool)
     for (std::uint32_t i = 0; i < n; ++i) pool->release(handle_at(s, static_cast<int>(i)), holder);
-  s->handles = 0;
+  store_field(s->handles, 0);
 }
 
 WaitingListener::WaitingListener(std::atomic<std::uint32_t>& waiters, Event& event)

@@ -18,7 +18,7 @@
 #include <type_traits>
 
 #include "ipc/detail/process.hpp"
-#include "ipc/log.hpp"
+#include "log.hpp"
 #include "ipc/mutex.hpp"
 
 namespace ipc {
@@ -122,7 +122,10 @@ const char* to_string(ObjectType type) noexcept {
     case ObjectType::priority_queue: return "priority_queue";
     case ObjectType::hash_map: return "hash_map";
   }
-  return "unknown";
+  const auto tag = static_cast<std::uint32_t>(type);
+  if (tag >= kUserObjectTypeFirst) return "user object";
+  if (tag >= kBrokerObjectTypeFirst) return "broker object";
+  return "unknown library object";
 }
 
 // ---- names ---------------------------------------------------------------
@@ -290,7 +293,7 @@ Segment Segment::create(std::string_view name, const SegmentOptions& options) {
     if (err == EEXIST)
       throw Error(ErrorCode::already_exists, "cannot create " + what +
                                                  ": it already exists; open it instead, or remove it first "
-                                                 "(Segment::unlink, or `ipcctl gc` for leftovers)");
+                                                 "(Segment::unlink, or remove " + path + " if it is a leftover)");
     throw_errno(err, "cannot publish " + what);
   }
   log::debug("created {} ({} bytes)", what, size);
@@ -309,7 +312,7 @@ Segment Segment::open(std::string_view name, const OpenOptions& options) {
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT)
-      throw Error(ErrorCode::not_found, "cannot open " + what + ": it does not exist; create it first (or start ipcd)");
+      throw Error(ErrorCode::not_found, "cannot open " + what + ": it does not exist; create it first (Segment::create)");
     if (err == EACCES || err == EPERM) {
       struct stat st{};
       std::string detail = ::stat(path.c_str(), &st) == 0
@@ -348,7 +351,7 @@ Segment Segment::open(std::string_view name, const OpenOptions& options) {
                                                  "; use the libipc that created it, or re-create the segment");
   if (h.checksum != h.compute_checksum())
     throw Error(ErrorCode::corrupted, "cannot open " + what + ": header checksum mismatch; the segment is corrupted — "
-                                                             "remove it (ipcctl gc) and re-create it");
+                                                             "remove it (Segment::unlink) and re-create it");
   if (h.total_size != static_cast<std::uint64_t>(st.st_size))
     throw Error(h.total_size > static_cast<std::uint64_t>(st.st_size) ? ErrorCode::truncated : ErrorCode::corrupted,
                 "cannot open " + what + ": its header says " + std::to_string(h.total_size) + " bytes but the file has " +
@@ -453,7 +456,7 @@ std::vector<ObjectInfo> Segment::snapshot() const {
     if (detail::monotonic_ns() > give_up)
       throw Error(ErrorCode::corrupted, "directory of " + describe() +
                                             " stays mid-change (its writer may have died); open it writable to "
-                                            "repair it, or run `ipcctl doctor`");
+                                            "repair it, or remove and re-create the segment");
     if (attempt > 16) std::this_thread::yield();
   }
   std::sort(out.begin(), out.end(), [](const ObjectInfo& a, const ObjectInfo& b) { return a.name < b.name; });
@@ -482,10 +485,11 @@ Object Segment::open_object(std::string_view name, ObjectType type) const {
   std::optional<Object> obj = find_object(name);
   if (!obj)
     throw Error(ErrorCode::not_found, "object '" + std::string(name) + "' not found in " + describe() +
-                                          "; check the name (ipcctl inspect lists the objects)");
+                                          "; check the name (Segment::objects() lists them)");
   if (obj->info.type != type)
-    throw Error(ErrorCode::already_exists, "object '" + std::string(name) + "' in " + describe() + " is a " +
-                                               to_string(obj->info.type) + ", not a " + to_string(type));
+    throw Error(ErrorCode::type_mismatch, "object '" + std::string(name) + "' in " + describe() + " is a " +
+                                              to_string(obj->info.type) + ", not a " + to_string(type) +
+                                              "; open it as a " + to_string(obj->info.type) + " or use another name");
   return *obj;
 }
 
@@ -586,7 +590,11 @@ Object Segment::find_or_create_object(std::string_view name, ObjectType type, st
   DirectoryLock locked(this);
   for (const ObjectInfo& info : snapshot()) {
     if (info.name != name) continue;
-    if (info.type != type || info.size != size)
+    if (info.type != type)
+      throw Error(ErrorCode::type_mismatch, "object '" + std::string(name) + "' in " + describe() + " is a " +
+                                                to_string(info.type) + ", not a " + to_string(type) +
+                                                "; open it as a " + to_string(info.type) + " or use another name");
+    if (info.size != size)
       throw Error(ErrorCode::already_exists, "object '" + std::string(name) + "' in " + describe() +
                                                  " exists as a " + to_string(info.type) + " of " +
                                                  std::to_string(info.size) + " bytes, not a " + to_string(type) +

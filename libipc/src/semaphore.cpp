@@ -135,11 +135,11 @@ SemaphoreResult Semaphore::take(bool owned, std::uint64_t deadline_ns) noexcept 
 }
 
 SemaphoreResult Semaphore::wait_for(std::chrono::nanoseconds timeout) noexcept {
-  return take(false, detail::deadline_ns(std::chrono::steady_clock::now() + timeout));
+  return take(false, detail::deadline_after(timeout));
 }
 
 SemaphoreResult Semaphore::acquire_for(std::chrono::nanoseconds timeout) noexcept {
-  return take(true, detail::deadline_ns(std::chrono::steady_clock::now() + timeout));
+  return take(true, detail::deadline_after(timeout));
 }
 
 }  // namespace ipc

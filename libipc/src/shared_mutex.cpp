@@ -4,7 +4,7 @@
 
 #include "ipc/detail/futex.hpp"
 #include "ipc/detail/process.hpp"
-#include "ipc/log.hpp"
+#include "log.hpp"
 
 namespace ipc {
 namespace {
@@ -140,7 +140,7 @@ void SharedMutex::unlock_shared() noexcept {
 
 LockResult SharedMutex::lock_until_ns(std::uint64_t deadline_ns) noexcept {
   LockResult r;
-  if (deadline_ns == kForever) {
+  if (deadline_ns == detail::kNoDeadline) {
     r = writer_.lock();  // W1
   } else if (deadline_ns == 0) {
     r = writer_.try_lock();
@@ -182,11 +182,11 @@ void SharedMutex::abandon_write() noexcept {
 void SharedMutex::unlock() noexcept { abandon_write(); }
 
 LockResult SharedMutex::try_lock_for(std::chrono::nanoseconds timeout) noexcept {
-  return lock_until_ns(detail::deadline_ns(std::chrono::steady_clock::now() + timeout));
+  return lock_until_ns(detail::deadline_after(timeout));
 }
 
 LockResult SharedMutex::try_lock_shared_for(std::chrono::nanoseconds timeout) noexcept {
-  return lock_shared_until_ns(detail::deadline_ns(std::chrono::steady_clock::now() + timeout));
+  return lock_shared_until_ns(detail::deadline_after(timeout));
 }
 
 std::uint32_t SharedMutex::readers() const noexcept {

@@ -69,7 +69,7 @@ class alignas(64) Barrier {
   // participants cannot complete a phase until someone joins).
   void leave() noexcept;
 
-  BarrierResult arrive_and_wait() noexcept { return arrive(kForever); }
+  BarrierResult arrive_and_wait() noexcept { return arrive(detail::kNoDeadline); }
   BarrierResult arrive_and_wait_for(std::chrono::nanoseconds timeout) noexcept;
 
   // Clears a broken barrier: drops slots of dead processes and the broken flag.
@@ -82,7 +82,6 @@ class alignas(64) Barrier {
   std::uint32_t broken_pid() const noexcept { return broken_pid_.load(std::memory_order_acquire); }
 
  private:
-  static constexpr std::uint64_t kForever = ~std::uint64_t{0};
   struct Slot {
     std::uint32_t pid;  // 0 = free
     std::uint32_t tid;

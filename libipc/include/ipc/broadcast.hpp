@@ -17,7 +17,7 @@
 // 4096. The slot ring itself has no per-subscriber state, so fan-out cost
 // does not grow with the limit, only with the subscribers actually reading.
 //
-// Layout (ObjectType::broadcast; slot format in ipc/ring.hpp):
+// Layout (ObjectType::broadcast; slot format in ipc/detail/ring.hpp):
 //   line 0   immutable: magic, version, capacity, slot_bytes, policy, pool id,
 //            ring tag, max_subscribers, offsets
 //   line 1   publishers: tail (next position to claim), publishes, recovered,
@@ -90,7 +90,8 @@
 #include "ipc/channel.hpp"
 #include "ipc/event.hpp"
 #include "ipc/pool.hpp"
-#include "ipc/ring.hpp"
+#include "ipc/channel_message.hpp"
+#include "ipc/detail/ring.hpp"
 #include "ipc/segment.hpp"
 
 namespace ipc {
@@ -146,7 +147,7 @@ class Broadcast {
   // already_exists, no_space. `pool`: needed to publish or receive buffers.
   static Broadcast create(Segment& segment, std::string_view name, const BroadcastConfig& config = {},
                           BufferPool* pool = nullptr);
-  // Throws not_found, already_exists (the name is an object of another type),
+  // Throws not_found, type_mismatch (the name is an object of another type),
   // invalid_argument (another pool, or none although it carries buffers),
   // bad_magic / version_mismatch / corrupted.
   static Broadcast open(Segment& segment, std::string_view name, BufferPool* pool = nullptr);

@@ -7,7 +7,7 @@
 // `ReceiveStatus`, `ChannelStats`, `Channel` (this process's handle on a
 // channel object), `ChannelPoller` (a pollable fd for a receiver).
 //
-// Layout (one object, ObjectType::channel; slot format in ipc/ring.hpp):
+// Layout (one object, ObjectType::channel; slot format in ipc/detail/ring.hpp):
 //   line 0   immutable after create: magic, version, kind, policy, capacity,
 //            slot_bytes, pool id, ring tag, default spin
 //   line 1   producer side: tail (next position to claim), sends, drops,
@@ -76,7 +76,8 @@
 
 #include "ipc/event.hpp"
 #include "ipc/pool.hpp"
-#include "ipc/ring.hpp"
+#include "ipc/channel_message.hpp"
+#include "ipc/detail/ring.hpp"
 #include "ipc/segment.hpp"
 
 namespace ipc {
@@ -97,7 +98,7 @@ struct ChannelConfig {
   std::uint32_t spin = 0;  // default polls of the ring before a blocking call sleeps (0: sleep at once)
 };
 
-// SendStatus and ReceiveStatus: ipc/ring.hpp (shared with broadcast).
+// SendStatus, ReceiveStatus and Message: ipc/channel_message.hpp (shared with broadcast).
 
 struct ChannelStats {
   std::string name;
@@ -128,7 +129,7 @@ class Channel {
   // slot_bytes not a multiple of 64 in 64…65536), already_exists, no_space.
   static Channel create(Segment& segment, std::string_view name, const ChannelConfig& config = {},
                         BufferPool* pool = nullptr);
-  // Opens an existing channel. Throws not_found, already_exists (the name is
+  // Opens an existing channel. Throws not_found, type_mismatch (the name is
   // an object of another type, as Segment::open_object says), bad_magic /
   // version_mismatch / corrupted, or
   // invalid_argument when `pool` is not the pool the channel was created

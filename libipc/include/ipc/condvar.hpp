@@ -83,7 +83,7 @@ class alignas(64) CondVar {
   }
   template <typename Pred>
   CondWait wait_for(Mutex& m, std::chrono::nanoseconds timeout, Pred pred) {
-    return wait_until(m, std::chrono::steady_clock::now() + timeout, pred);
+    return wait_until(m, detail::deadline_time_after(timeout), pred);
   }
 
   void notify_one() noexcept { notify(1); }

@@ -16,7 +16,7 @@ namespace ipc {
 enum class ErrorCode : std::uint32_t {
   invalid_argument = 1,  // a caller passed a bad name, size, mode, ...
   not_found,             // the named segment or object does not exist
-  already_exists,        // create of a name that is taken (with other type/size)
+  already_exists,        // create of a name that is taken (or taken with another size)
   permission_denied,     // the OS refused access (mode, owner, group)
   no_space,              // /dev/shm or the segment is full
   bad_magic,             // not a libipc segment / object
@@ -28,6 +28,7 @@ enum class ErrorCode : std::uint32_t {
   owner_died,            // a participant died (barrier, ...) — message names the pid
   timeout,               // a timed setup operation ran out of time
   system,                // an unexpected errno; message carries strerror
+  type_mismatch,         // the name is an object of another type; the message names both
 };
 
 std::string_view to_string(ErrorCode code) noexcept;

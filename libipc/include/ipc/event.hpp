@@ -51,6 +51,8 @@
 #include <chrono>
 #include <cstdint>
 
+#include "ipc/detail/clock.hpp"
+
 namespace ipc {
 
 enum class EventWait : std::uint8_t { changed, timed_out };
@@ -80,6 +82,40 @@ class alignas(64) Event {
   EventWait wait(std::uint32_t seen) noexcept;
   EventWait wait_for(std::uint32_t seen, std::chrono::nanoseconds timeout) noexcept;
   EventWait wait_until(std::uint32_t seen, std::chrono::steady_clock::time_point deadline) noexcept;
+
+  // Waits until done() returns true, for structures whose notifiers follow
+  // the rule "publish the change (seq_cst), then load `waiters` (seq_cst) and
+  // notify() if it is not 0" — the waking half of a Dekker pair whose
+  // sleeping half is this loop:
+  //   W1 waiters += 1 (seq_cst), then a seq_cst fence: the re-check's loads
+  //      cannot move before the announcement
+  //   W2 seen = value()
+  //   W3 done(): true → W5 and return true
+  //   W4 sleep until value() != seen, the deadline, or slice_ns have passed
+  //   W5 waiters -= 1 (relaxed); done() again; back to W1 if still false
+  // Either the notifier's load sees W1 and notifies (W4 returns), or W3 sees
+  // the change. The slice bounds every sleep so that callers also notice what
+  // no notify announces (a dead producer's stuck slot, a dead lock holder):
+  // pass kNoDeadline for "only the deadline". A process killed between W1 and
+  // W5 leaves `waiters` one high: notifiers make a spare notify(), no worse.
+  // Returns false when the deadline (monotonic ns; kNoDeadline: never) passed
+  // before done() returned true; a deadline already passed returns false at
+  // once without calling done(). done() runs with no lock held.
+  template <class Done>
+  bool sleep_until(std::atomic<std::uint32_t>& waiters, std::uint64_t deadline_ns, std::uint64_t slice_ns,
+                   Done&& done) noexcept {
+    for (;;) {
+      const std::uint64_t now = detail::monotonic_ns();
+      if (now >= deadline_ns) return false;
+      waiters.fetch_add(1, std::memory_order_seq_cst);       // W1
+      std::atomic_thread_fence(std::memory_order_seq_cst);  // SYNC POINT: with the notifier's load of `waiters`
+      const std::uint32_t seen = value();                   // W2
+      const bool finished = done();                         // W3
+      if (!finished) wait_impl(seen, slice_ns >= deadline_ns - now ? deadline_ns : now + slice_ns);  // W4
+      waiters.fetch_sub(1, std::memory_order_relaxed);  // W5
+      if (finished || done()) return true;
+    }
+  }
 
   std::uint32_t waiters() const noexcept { return waiters_.load(std::memory_order_relaxed); }
   int listeners() const noexcept;

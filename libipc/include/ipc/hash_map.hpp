@@ -117,6 +117,7 @@
 #include <vector>
 
 #include "ipc/error.hpp"
+#include "ipc/detail/function_ref.hpp"
 #include "ipc/segment.hpp"
 #include "ipc/shared_mutex.hpp"
 
@@ -165,26 +166,6 @@ struct MapStats {
   std::uint64_t size = 0;
 };
 
-namespace detail {
-// A non-owning reference to a callable (the callee must outlive the call).
-template <typename Sig>
-class FunctionRef;
-template <typename R, typename... A>
-class FunctionRef<R(A...)> {
- public:
-  template <typename F>
-    requires(!std::is_same_v<std::remove_cvref_t<F>, FunctionRef> && std::is_invocable_r_v<R, F&, A...>)
-  FunctionRef(F&& f) noexcept  // NOLINT: implicit by design
-      : object_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
-        call_([](void* o, A... a) -> R { return (*static_cast<std::remove_reference_t<F>*>(o))(std::forward<A>(a)...); }) {}
-  R operator()(A... a) const { return call_(object_, std::forward<A>(a)...); }
-
- private:
-  void* object_;
-  R (*call_)(void*, A...);
-};
-}  // namespace detail
-
 class BytesMap {
  public:
   static constexpr std::uint32_t kMaxShards = 4096;
@@ -205,7 +186,7 @@ class BytesMap {
   // (the segment cannot hold the tables: create the segment larger).
   static BytesMap create(Segment& segment, std::string_view name, const MapOptions& options = {});
   // Opens an existing map after validating its header. Throws not_found,
-  // already_exists (object of another type), bad_magic, version_mismatch,
+  // type_mismatch (object of another type), bad_magic, version_mismatch,
   // corrupted, or not_found if its creator died before finishing it.
   static BytesMap open(Segment& segment, std::string_view name);
   // Opens the map, or creates it if absent (concurrent callers: one creates).

@@ -86,6 +86,8 @@ enum class LockResult : std::uint8_t {
   timed_out,        // not acquired: try_lock found it busy, or the deadline passed
   not_recoverable,  // not acquired: an owner_died was never repaired; recreate the object
   deadlock,         // not acquired: the calling thread already holds this lock
+  invalid,          // not acquired: the memory is not an initialised Mutex (zeroed or
+                    // foreign bytes); construct it in place (Segment::find_or_create<Mutex>)
 };
 
 // True when the caller now owns the lock.
@@ -121,18 +123,30 @@ class alignas(64) Mutex {
   bool valid() const noexcept { return magic_ == kMagic; }
 
   // Blocks until acquired. Returns acquired / owner_died (the caller owns the
-  // lock), not_recoverable or deadlock (it does not).
+  // lock), not_recoverable, deadlock or invalid (it does not).
+  //
+  // Memory that was never initialised (zeroed) would pass as a glibc
+  // *private, non-robust* mutex: no owner-died, lost cross-process wake-ups.
+  // The magic is checked where it costs nothing measurable — every slow path
+  // (contended lock, timed and try variants) and, in debug builds (!NDEBUG),
+  // every lock — and those return `invalid`. A release build's uncontended
+  // lock() of zeroed memory is not checked: the magic sits on the second
+  // cache line, which the fast path deliberately never touches.
   [[nodiscard]] LockResult lock() noexcept {
+#ifndef NDEBUG
+    if (!valid()) return LockResult::invalid;
+#endif
     int rc = ::pthread_mutex_trylock(&native_);
     if (rc == 0) [[likely]] {
       note_owner();
       return LockResult::acquired;
     }
-    return lock_slow(rc, kForever);
+    return lock_slow(rc, detail::kNoDeadline);
   }
   // Never blocks. timed_out when another thread holds the lock.
   [[nodiscard]] LockResult try_lock() noexcept;
-  // Deadlines in the past mean "try once". steady_clock is CLOCK_MONOTONIC.
+  // Deadlines in the past mean "try once"; kForever (or time_point::max())
+  // waits as lock() does. steady_clock is CLOCK_MONOTONIC.
   [[nodiscard]] LockResult try_lock_for(std::chrono::nanoseconds timeout) noexcept;
   [[nodiscard]] LockResult try_lock_until(std::chrono::steady_clock::time_point deadline) noexcept;
 
@@ -159,7 +173,6 @@ class alignas(64) Mutex {
 
  private:
   static constexpr std::uint32_t kMagic = 0x4d545831;  // "MTX1"
-  static constexpr std::uint64_t kForever = ~std::uint64_t{0};
 
   void note_owner() noexcept {
     detail::ThreadIdentity me = detail::self();

@@ -183,7 +183,7 @@ class PriorityQueueCore {
   // no_space (the message says how many bytes are needed).
   static PriorityQueueCore create(Segment& segment, std::string_view name, std::uint32_t capacity,
                                   std::uint32_t element_size);
-  // Opens an existing queue. Throws not_found, already_exists (another
+  // Opens an existing queue. Throws not_found, type_mismatch (another
   // object type; the message names both), bad_magic, version_mismatch,
   // corrupted (inconsistent header), invalid_argument (element_size != 0 and
   // different from the queue's). element_size 0 accepts any.
@@ -271,10 +271,10 @@ class PriorityQueue {
     return core_.try_push(&value, priority);
   }
   [[nodiscard]] QueueStatus push(const T& value, std::int32_t priority) noexcept {
-    return core_.push_until(&value, priority, kForever);
+    return core_.push_until(&value, priority, detail::kNoDeadline);
   }
   [[nodiscard]] QueueStatus push_for(const T& value, std::int32_t priority, std::chrono::nanoseconds timeout) noexcept {
-    return core_.push_until(&value, priority, deadline(timeout));
+    return core_.push_until(&value, priority, detail::deadline_after(timeout));
   }
   [[nodiscard]] QueueStatus try_pop(T& out, std::int32_t* priority = nullptr) noexcept {
     return core_.try_pop(&out, priority);
@@ -285,10 +285,10 @@ class PriorityQueue {
     return out;
   }
   [[nodiscard]] QueueStatus pop(T& out, std::int32_t* priority = nullptr) noexcept {
-    return core_.pop_until(&out, priority, kForever);
+    return core_.pop_until(&out, priority, detail::kNoDeadline);
   }
   [[nodiscard]] QueueStatus pop_for(T& out, std::chrono::nanoseconds timeout, std::int32_t* priority = nullptr) noexcept {
-    return core_.pop_until(&out, priority, deadline(timeout));
+    return core_.pop_until(&out, priority, detail::deadline_after(timeout));
   }
   [[nodiscard]] QueueStatus peek(T& out, std::int32_t* priority = nullptr) noexcept { return core_.peek(&out, priority); }
 
@@ -301,12 +301,6 @@ class PriorityQueue {
   PriorityQueueCore& core() noexcept { return core_; }
 
  private:
-  static constexpr std::uint64_t kForever = ~std::uint64_t{0};
-  static std::uint64_t deadline(std::chrono::nanoseconds timeout) noexcept {
-    if (timeout.count() <= 0) return 0;
-    auto now = std::chrono::steady_clock::now().time_since_epoch();
-    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now + timeout).count());
-  }
   explicit PriorityQueue(PriorityQueueCore core) noexcept : core_(std::move(core)) {}
   PriorityQueueCore core_;
 };

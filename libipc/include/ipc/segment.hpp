@@ -99,6 +99,14 @@ inline constexpr std::size_t kMaxObjectNameLength = 79;   // object names in the
 inline constexpr std::uint32_t kSegmentLayoutVersion = 1;
 
 // Type tags stored in the directory. Values are part of the segment format.
+// Type tags of directory entries, in reserved ranges so that a new kind of
+// object never needs an edit here:
+//   1 … 0x0fff            libipc's own objects (the enumerators below)
+//   0x1000 … 0xffff       the broker's objects (ipcd: registry, sessions, …)
+//   0x10000 … 0xffffffff  user objects: user_object_type(n)
+// A directory may hold tags this build does not know (a newer libipc, the
+// broker, a user): they are listed and opened by their own tag, never
+// treated as corruption.
 enum class ObjectType : std::uint32_t {
   raw = 1,  // plain bytes owned by the user
   mutex = 2,
@@ -113,6 +121,14 @@ enum class ObjectType : std::uint32_t {
   priority_queue = 11,
   hash_map = 12,
 };
+inline constexpr std::uint32_t kLibraryObjectTypeLast = 0x0fff;
+inline constexpr std::uint32_t kBrokerObjectTypeFirst = 0x1000;
+inline constexpr std::uint32_t kUserObjectTypeFirst = 0x10000;
+// The broker's n-th object type (n < 0xf000) and a user's n-th.
+constexpr ObjectType broker_object_type(std::uint32_t n) noexcept { return ObjectType(kBrokerObjectTypeFirst + n); }
+constexpr ObjectType user_object_type(std::uint32_t n) noexcept { return ObjectType(kUserObjectTypeFirst + n); }
+// The name of a library type; "broker object", "user object" or "unknown
+// library object" for tags outside the enumerators.
 const char* to_string(ObjectType type) noexcept;
 
 struct ObjectInfo {
@@ -210,13 +226,13 @@ class Segment {
   // Creates an object; throws already_exists if the name is taken, no_space
   // if no gap of `size` bytes is left or the directory is full.
   Object create_object(std::string_view name, ObjectType type, std::size_t size, const InitFn& init = {});
-  // Returns the existing object of that name (type and size must match, else
-  // already_exists), or creates it. Safe against concurrent callers in any
+  // Returns the existing object of that name (another type: type_mismatch;
+  // the same type with another size: already_exists), or creates it. Safe against concurrent callers in any
   // number of processes: exactly one creates, all get the same object.
   Object find_or_create_object(std::string_view name, ObjectType type, std::size_t size, const InitFn& init = {});
   // Lock-free lookup; nullopt if absent.
   std::optional<Object> find_object(std::string_view name) const;
-  // Lookup that throws not_found, or already_exists for another type, naming both.
+  // Lookup that throws not_found, or type_mismatch for another type, naming both.
   Object open_object(std::string_view name, ObjectType type) const;
   // Frees the object's directory entry and storage. Returns false if absent.
   bool remove_object(std::string_view name);

@@ -55,12 +55,12 @@ class alignas(64) Semaphore {
 
   // Signals: add n permits (saturating at kMaxValue) / consume one.
   void post(std::uint32_t n = 1) noexcept;
-  [[nodiscard]] SemaphoreResult wait() noexcept { return take(false, kForever); }
+  [[nodiscard]] SemaphoreResult wait() noexcept { return take(false, detail::kNoDeadline); }
   [[nodiscard]] bool try_wait() noexcept { return take(false, 0) == SemaphoreResult::acquired; }
   [[nodiscard]] SemaphoreResult wait_for(std::chrono::nanoseconds timeout) noexcept;
 
   // Owned permits: returned automatically if this process dies.
-  [[nodiscard]] SemaphoreResult acquire() noexcept { return take(true, kForever); }
+  [[nodiscard]] SemaphoreResult acquire() noexcept { return take(true, detail::kNoDeadline); }
   [[nodiscard]] bool try_acquire() noexcept { return take(true, 0) == SemaphoreResult::acquired; }
   [[nodiscard]] SemaphoreResult acquire_for(std::chrono::nanoseconds timeout) noexcept;
   // Returns one owned permit; false (and no change) if this process holds none.
@@ -73,7 +73,6 @@ class alignas(64) Semaphore {
   std::uint32_t reclaim_dead() noexcept;
 
  private:
-  static constexpr std::uint64_t kForever = ~std::uint64_t{0};
   struct Holder {
     std::uint32_t pid;   // 0 = free
     std::uint32_t held;

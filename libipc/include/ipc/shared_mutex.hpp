@@ -77,7 +77,7 @@ class alignas(64) SharedMutex {
   SharedMutex& operator=(const SharedMutex&) = delete;
 
   // Exclusive. Results as for Mutex::lock().
-  [[nodiscard]] LockResult lock() noexcept { return lock_until_ns(kForever); }
+  [[nodiscard]] LockResult lock() noexcept { return lock_until_ns(detail::kNoDeadline); }
   [[nodiscard]] LockResult try_lock() noexcept { return lock_until_ns(0); }
   [[nodiscard]] LockResult try_lock_for(std::chrono::nanoseconds timeout) noexcept;
   void unlock() noexcept;
@@ -86,7 +86,7 @@ class alignas(64) SharedMutex {
 
   // Shared. acquired, owner_died (held, but a writer died mid-update and
   // nobody repaired the data yet), timed_out, not_recoverable.
-  [[nodiscard]] LockResult lock_shared() noexcept { return lock_shared_until_ns(kForever); }
+  [[nodiscard]] LockResult lock_shared() noexcept { return lock_shared_until_ns(detail::kNoDeadline); }
   [[nodiscard]] LockResult try_lock_shared() noexcept { return lock_shared_until_ns(0); }
   [[nodiscard]] LockResult try_lock_shared_for(std::chrono::nanoseconds timeout) noexcept;
   void unlock_shared() noexcept;
@@ -96,7 +96,6 @@ class alignas(64) SharedMutex {
   std::uint32_t readers() const noexcept;
 
  private:
-  static constexpr std::uint64_t kForever = ~std::uint64_t{0};
   static constexpr std::uint32_t kWriter = 1;
   struct alignas(64) ReaderSlot {
     std::atomic<std::uint64_t> word{0};   // owner << 32 | count

@@ -8,9 +8,9 @@
 #include <atomic>
 #include <cstdint>
 
-namespace ipc::detail {
+#include "ipc/detail/clock.hpp"  // kNoDeadline
 
-inline constexpr std::uint64_t kNoDeadline = ~std::uint64_t{0};
+namespace ipc::detail {
 
 enum class WaitResult { woken, value_changed, timed_out, interrupted };
 

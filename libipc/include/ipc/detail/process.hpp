@@ -19,8 +19,9 @@
 #include <sys/types.h>
 
 #include <atomic>
-#include <chrono>
 #include <cstdint>
+
+#include "ipc/detail/clock.hpp"  // monotonic_ns, realtime_ns: every user of liveness also reads the clock
 
 namespace ipc::detail {
 
@@ -73,15 +74,5 @@ Liveness thread_liveness(pid_t pid, pid_t tid, std::uint64_t token) noexcept;
 // Inode of /proc/self/ns/pid (0 if unreadable): processes sharing one libipc
 // domain must share a PID namespace, since owner records hold pids and tids.
 std::uint64_t pid_namespace_id() noexcept;
-
-// CLOCK_MONOTONIC and CLOCK_REALTIME in nanoseconds.
-std::uint64_t monotonic_ns() noexcept;
-std::uint64_t realtime_ns() noexcept;
-
-// A steady_clock (= CLOCK_MONOTONIC on Linux) deadline as monotonic ns; past → 0.
-inline std::uint64_t deadline_ns(std::chrono::steady_clock::time_point tp) noexcept {
-  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(tp.time_since_epoch()).count();
-  return ns < 0 ? 0 : static_cast<std::uint64_t>(ns);
-}
 
 }  // namespace ipc::detail

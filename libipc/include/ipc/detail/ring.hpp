@@ -1,9 +1,8 @@
-// ipc/ring.hpp — the slot format shared by ring channels (ipc/channel.hpp)
-// and broadcast channels (ipc/broadcast.hpp), and `Message`, what a receiver
-// gets from either.
+// ipc/detail/ring.hpp — internals shared by ring channels (ipc/channel.hpp)
+// and broadcast channels (ipc/broadcast.hpp): the slot format and the steps
+// both ring kinds share. Not an API: users include channel.hpp/broadcast.hpp.
 //
-// Types: `SendStatus`, `ReceiveStatus`, `Message`, and in `ipc::ring` the
-// slot encoding (`SlotState`, `SlotHeader`, word helpers, `slot_holder()`),
+// Types, in `ipc::ring`: the slot encoding (`SlotState`, `SlotHeader`, word helpers, `slot_holder()`),
 // the steps both ring kinds share (validation, filling a slot and moving
 // references into it, releasing them) and `WaitingListener` (the pollable
 // fd behind ChannelPoller and SubscriptionPoller).
@@ -37,104 +36,20 @@
 // reference that another slot holds to the same buffer.
 #pragma once
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <span>
-#include <utility>
-#include <vector>
-
 #include <string>
 
-#include "ipc/detail/process.hpp"
+#include "ipc/channel_message.hpp"
+#include "ipc/detail/clock.hpp"
 #include "ipc/event.hpp"
 #include "ipc/pool.hpp"
 
 namespace ipc {
-
-inline constexpr std::chrono::nanoseconds kForever = std::chrono::nanoseconds::max();
-
-enum class SendStatus : std::uint8_t {
-  ok,
-  full,          // try_send / Backpressure::fail: no free slot
-  timed_out,     // blocking send: no slot freed in time
-  too_large,     // bytes + 16·buffers exceed the slot payload
-  no_pool,       // buffers given, but the channel was opened without a BufferPool
-  bad_buffer,    // an empty Buffer, one of another pool, or its reference could not be moved
-};
-enum class ReceiveStatus : std::uint8_t { ok, empty, timed_out };
-const char* to_string(SendStatus s) noexcept;
-const char* to_string(ReceiveStatus s) noexcept;
-
-// A received message: its inline bytes (copied out of the slot) and the
-// buffers that travelled as handles (zero copy; this process now holds one
-// reference to each, released when the Message is cleared or destroyed).
-// Reuse one Message across receives: its byte storage is kept.
-class Message {
- public:
-  Message() = default;
-  // A moved-from Message is empty and can receive again.
-  Message(Message&& o) noexcept { *this = std::move(o); }
-  Message& operator=(Message&& o) noexcept {
-    if (this != &o) {
-      bytes_ = std::move(o.bytes_);
-      capacity_ = std::exchange(o.capacity_, 0);
-      size_ = std::exchange(o.size_, 0);
-      buffers_ = std::move(o.buffers_);
-      o.buffers_.clear();
-      position_ = std::exchange(o.position_, 0);
-      lost_buffers_ = std::exchange(o.lost_buffers_, 0);
-      missed_ = std::exchange(o.missed_, 0);
-    }
-    return *this;
-  }
-
-  std::span<const std::byte> data() const noexcept { return {bytes_.get(), size_}; }
-  std::size_t size() const noexcept { return size_; }
-  std::vector<Buffer>& buffers() noexcept { return buffers_; }
-  const std::vector<Buffer>& buffers() const noexcept { return buffers_; }
-  // The ring position this message was sent at (broadcast: its sequence).
-  std::uint64_t position() const noexcept { return position_; }
-  // Handles that could not be taken over (a buffer that went away: only
-  // possible after a reclaim raced the receive). 0 normally.
-  std::uint32_t lost_buffers() const noexcept { return lost_buffers_; }
-  // Broadcast, lossy policy: messages this subscriber missed (overwritten
-  // before it read them) right before this one. 0 for channels.
-  std::uint64_t missed() const noexcept { return missed_; }
-  void clear() noexcept {
-    size_ = 0;
-    buffers_.clear();
-    lost_buffers_ = 0;
-    missed_ = 0;
-  }
-
-  // Receive-side plumbing (used by Channel / Subscriber).
-  std::byte* prepare(std::size_t n) {
-    if (n > capacity_ || !bytes_) {  // never null, so memcpy(prepare(0), src, 0) is defined
-      capacity_ = std::max<std::size_t>(n, 64);
-      bytes_ = std::make_unique<std::byte[]>(capacity_);
-    }
-    size_ = n;
-    return bytes_.get();
-  }
-  void set_position(std::uint64_t p) noexcept { position_ = p; }
-  void add_lost() noexcept { ++lost_buffers_; }
-  void add_missed(std::uint64_t n) noexcept { missed_ += n; }
-
- private:
-  std::unique_ptr<std::byte[]> bytes_;
-  std::size_t capacity_ = 0;
-  std::size_t size_ = 0;
-  std::vector<Buffer> buffers_;
-  std::uint64_t position_ = 0;
-  std::uint32_t lost_buffers_ = 0;
-  std::uint64_t missed_ = 0;
-};
-
 namespace ring {
 
 enum class SlotState : std::uint32_t { empty = 0, writing = 1, full = 2, reading = 3 };
@@ -168,6 +83,20 @@ struct SlotHeader {
   std::uint16_t pos_high;  // broadcast: bits 32–47 of the position (the word has the low 32)
 };
 static_assert(sizeof(SlotHeader) == kSlotHeaderBytes);
+
+// The plain header fields (bytes, handles, flags, pos_high) of a broadcast
+// slot are read by subscribers *while* a publisher may rewrite them (the
+// seqlock S1–S4 validates afterwards), so both sides access them as relaxed
+// atomics: no data race in the C++ model, and plain moves on x86/aarch64.
+// Channel slots are exclusive to their claimer and may use them directly.
+template <class T>
+T load_field(T& field) noexcept {
+  return std::atomic_ref<T>(field).load(std::memory_order_relaxed);
+}
+template <class T, class V>
+void store_field(T& field, V value) noexcept {
+  std::atomic_ref<T>(field).store(static_cast<T>(value), std::memory_order_relaxed);
+}
 
 inline SlotHeader* slot_at(std::byte* slots, std::uint32_t slot_bytes, std::uint32_t mask, std::uint64_t pos) noexcept {
   return reinterpret_cast<SlotHeader*>(slots + std::size_t(pos & mask) * slot_bytes);
@@ -211,9 +140,6 @@ void release_handles(SlotHeader* s, std::size_t payload_capacity, BufferPool* po
 inline constexpr std::chrono::milliseconds kStuckCheck{5};
 inline constexpr std::uint64_t kSleepSliceNs = 50'000'000;
 
-// Monotonic-ns deadline `timeout` from now (kForever: never; negative: now).
-std::uint64_t deadline_after(std::chrono::nanoseconds timeout) noexcept;
-
 // Remembers what keeps being in the way and since when. expired(key) is true
 // once the same key has been seen for kStuckCheck (then it re-arms, so the
 // next true comes one interval later). Relaxed atomics: threads of one
@@ -238,28 +164,6 @@ class StuckTimer {
 // True once the slot word `w` (writing or reading) has been in the way for
 // kStuckCheck and its claimer is provably dead.
 bool claimer_dead(std::uint64_t w, StuckTimer& timer) noexcept;
-
-// The sleeping half of the Dekker pair whose other half is a commit (seq_cst
-// store) followed by a seq_cst load of `waiters`: announce, re-check with
-// `attempt`, sleep until `event` changes, the deadline passes, or a slice
-// ends (so stuck slots are looked at again); repeat. `attempt()` returns
-// true when the caller is done. Returns false if the deadline passed first.
-template <class Attempt>
-bool sleep_until(Event& event, std::atomic<std::uint32_t>& waiters, std::uint64_t deadline_ns, Attempt&& attempt) noexcept {
-  for (;;) {
-    const std::uint64_t now = detail::monotonic_ns();
-    if (now >= deadline_ns) return false;
-    waiters.fetch_add(1, std::memory_order_seq_cst);
-    std::atomic_thread_fence(std::memory_order_seq_cst);  // the re-check's loads stay after the announcement
-    const std::uint32_t seen = event.value();
-    bool done = attempt();
-    if (!done)
-      event.wait_until(seen, std::chrono::steady_clock::time_point(
-                                 std::chrono::nanoseconds(std::min(deadline_ns, now + kSleepSliceNs))));
-    waiters.fetch_sub(1, std::memory_order_relaxed);
-    if (done || attempt()) return true;
-  }
-}
 
 // A pollable listener on a ring's data Event that counts as a waiter while
 // it lives (so producers notify on every message).

@@ -1,9 +1,12 @@
-// ipc/log.hpp — the small logging facade every part of libipc uses.
+// log.hpp (private to libipc/src) — the small logging facade every part of
+// libipc uses. Not installed: spdlog stays a private dependency.
 //
 // One spdlog logger named "ipc", created on first use, writing to stderr.
 // The level comes from the environment variable IPC_LOG_LEVEL (trace, debug,
-// info, warn, error, critical, off; default warn) so that a library never
-// chats on a user's terminal unless asked. Hot paths do not log.
+// info, warn or warning, error or err, critical, off; any case; default warn)
+// so that a library never chats on a user's terminal unless asked. An
+// unknown or empty value keeps the default and says so once, on stderr.
+// Hot paths do not log.
 #pragma once
 
 #include <spdlog/spdlog.h>
