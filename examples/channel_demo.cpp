@@ -160,8 +160,10 @@ bool work_queue_demo(ipc::Segment& seg, const std::string& domain) {
   std::printf("  stats seen by any process: sends %llu, receives %llu, depth %llu, recovered %llu\n",
               static_cast<unsigned long long>(st.sends), static_cast<unsigned long long>(st.receives),
               static_cast<unsigned long long>(st.depth), static_cast<unsigned long long>(st.recovered));
-  return lost == 0 && board.duplicates.load() == 0 && board.corrupt.load() == 0 && ps.classes[0].in_use == 0 &&
-         board.consumers_done.load() == 2;
+  const bool ok = lost == 0 && board.duplicates.load() == 0 && board.corrupt.load() == 0 &&
+                  ps.classes[0].in_use == 0 && board.consumers_done.load() == 2;
+  std::printf("  work queue: %s\n", ok ? "PASS" : "FAIL");
+  return ok;
 }
 
 bool broadcast_demo(ipc::Segment& seg, const std::string& domain) {
@@ -212,6 +214,7 @@ bool broadcast_demo(ipc::Segment& seg, const std::string& domain) {
                 r.gaps_ok[k].load() ? "yes" : "NO");
   bool ok = true;
   for (int k = 0; k < 2; ++k) ok = ok && r.gaps_ok[k].load() && r.received[k].load() + r.missed[k].load() == kEvents;
+  std::printf("  broadcast: %s\n", ok ? "PASS" : "FAIL");
   return ok;
 }
 
@@ -295,8 +298,13 @@ bool message_demo(ipc::Segment& seg, const std::string& domain) {
   std::printf("\ntyped Cap'n Proto tasks (Publisher<Task> -> worker pid %d -> Publisher<Result>), zero copy:\n", worker);
   std::printf("  %d tasks with 64 B and %d with 1 MiB payloads, built in pool buffers; results verified: %s\n", kRounds,
               kRounds, ok ? "yes" : "NO");
-  std::printf("  one way (round trip / 2, median): 64 B task %.1f us, 1 MiB task %.1f us (x%.2f); pool buffers in use after: %u\n",
-              small, large, small > 0 ? large / small : 0.0, in_use);
+  const double ratio = small > 0 ? large / small : 0.0;
+  // The goal (1 MiB within 1.5x of 64 B) is bench/message_bench's figure, timed from send() of a sealed message
+  // to the reader's last element; this round trip also pays for sealing (a checksum over the whole 1 MiB).
+  std::printf("  one way (round trip / 2, median): 64 B task %.1f us, 1 MiB task %.1f us (x%.2f; goal <= 1.5x%s)\n",
+              small, large, ratio, ratio <= 1.5 ? ": met" : ": missed, it includes the 1 MiB checksum");
+  std::printf("  pool buffers in use after: %u\n", in_use);
+  std::printf("  typed messages: %s\n", ok && in_use == 0 ? "PASS" : "FAIL");
   return ok && in_use == 0;
 }
 
@@ -357,6 +365,7 @@ int run(const std::string& domain) {
   double blocking = pingpong(seg, domain, false, 5000);
   std::printf("\nlatency, 64 B message one way (median of ping-pong / 2): busy-poll %.2f us, blocking %.1f us\n",
               busy / 1000, blocking / 1000);
+  std::printf("  (the goals compare with a raw cache-line and futex ping-pong in the same run: bench/channel_bench)\n");
   std::printf("\n%s\n", ok ? "channel demo: all checks passed" : "channel demo: CHECKS FAILED");
   return ok ? 0 : 1;
 }

@@ -143,7 +143,9 @@ bool pool_demo(ipc::Segment& seg, const std::string& domain) {
               victim, ipc::to_string(before.pressure), reclaimed);
   std::printf("  in use after reclaim: %llu bytes; alloc+free of 256 B: %.0f ns\n",
               static_cast<unsigned long long>(after.claimed_bytes), ns);
-  return handover_ok && reclaimed == 50 && after.claimed_bytes == 0;
+  const bool ok = handover_ok && reclaimed == 50 && after.claimed_bytes == 0;
+  std::printf("  buffer pool: %s\n", ok ? "PASS" : "FAIL");
+  return ok;
 }
 
 }  // namespace
@@ -178,6 +180,18 @@ int run(const std::string& domain) {
 
   std::printf("libipc demo — segment %s (%zu KiB), created in %.1f us\n", seg.info().path.c_str(),
               seg.size() >> 10, std::chrono::duration<double, std::micro>(t1 - t0).count());
+
+  std::printf("\nobjects in the segment (as any process sees them):\n");
+  std::printf("  %-14s %-8s %8s %8s %6s\n", "name", "type", "offset", "size", "gen");
+  for (const ipc::ObjectInfo& o : seg.objects())
+    std::printf("  %-14s %-8s %8llu %8llu %6llu\n", o.name.c_str(), ipc::to_string(o.type),
+                static_cast<unsigned long long>(o.offset), static_cast<unsigned long long>(o.size),
+                static_cast<unsigned long long>(o.generation));
+
+  std::printf("\n%d worker processes x %d locked increments; 1 participant SIGKILLed holding the lock\n", kWorkers,
+              kIncrements);
+  std::printf("  (libipc logs two warnings about this on stderr: expected, the kill is on purpose)\n");
+  std::fflush(stdout);  // before the children's log lines
 
   // Workers: separate processes, each maps the segment and finds objects by name.
   std::vector<pid_t> workers;
@@ -223,17 +237,9 @@ int run(const std::string& domain) {
   auto w1 = std::chrono::steady_clock::now();
   double secs = std::chrono::duration<double>(w1 - w0).count();
 
-  std::printf("\nobjects in the segment (as any process sees them):\n");
-  std::printf("  %-14s %-8s %8s %8s %6s\n", "name", "type", "offset", "size", "gen");
-  for (const ipc::ObjectInfo& o : seg.objects())
-    std::printf("  %-14s %-8s %8llu %8llu %6llu\n", o.name.c_str(), ipc::to_string(o.type),
-                static_cast<unsigned long long>(o.offset), static_cast<unsigned long long>(o.size),
-                static_cast<unsigned long long>(o.generation));
-
   ipc::LockInfo li = lock.info();
   std::uint64_t expected = std::uint64_t{kWorkers} * kIncrements;
-  std::printf("\n%d worker processes x %d locked increments; 1 participant SIGKILLed holding the lock\n", kWorkers,
-              kIncrements);
+  std::printf("\nafter the kill:\n");
   std::printf("  counter = %llu (expected %llu) %s\n", static_cast<unsigned long long>(counter.value),
               static_cast<unsigned long long>(expected), counter.value == expected ? "OK" : "WRONG");
   std::printf("  repairs after owner death = %llu\n", static_cast<unsigned long long>(counter.repairs));
@@ -243,10 +249,14 @@ int run(const std::string& domain) {
               static_cast<unsigned long long>(li.acquisitions), static_cast<double>(li.acquisitions) / secs / 1e6,
               secs * 1e9 / static_cast<double>(li.acquisitions));
 
+  const bool sync_ok = counter.value == expected && counter.repairs == 1 && counter.broken_seen.load() == kWorkers &&
+                       counter.dead_pid.load() == static_cast<std::uint32_t>(victim);
+  std::printf("  robust mutex and barrier: %s\n", sync_ok ? "PASS" : "FAIL");
+
   bool pool_ok = pool_demo(seg, domain);
 
   ipc::Segment::unlink("main", domain);
-  bool ok = pool_ok && counter.value == expected && counter.repairs == 1 && counter.broken_seen.load() == kWorkers &&
-            counter.dead_pid.load() == static_cast<std::uint32_t>(victim);
+  const bool ok = pool_ok && sync_ok;
+  std::printf("\n%s\n", ok ? "segment demo: all checks passed" : "segment demo: CHECKS FAILED");
   return ok ? 0 : 1;
 }
