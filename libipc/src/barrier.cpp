@@ -3,6 +3,7 @@
 #include "ipc/detail/futex.hpp"
 #include "ipc/detail/process.hpp"
 #include "ipc/error.hpp"
+#include "labels.hpp"
 #include "log.hpp"
 
 namespace ipc {
@@ -105,8 +106,8 @@ bool Barrier::check_dead_locked() noexcept {
   for (const Slot& s : slots_) {
     if (!s.pid || s.arrived_phase == std::uint64_t{phase_} + 1) continue;
     if (!participant_dead(s)) continue;
-    log::warn("barrier {}: participant pid {} tid {} died before arriving; breaking the barrier",
-              static_cast<const void*>(this), s.pid, s.tid);
+    log::warn("{}: participant pid {} tid {} died before arriving; breaking the barrier",
+              detail::object_label(this, "barrier"), s.pid, s.tid);
     broken_pid_.store(s.pid, std::memory_order_release);
     last_dead_pid_.store(s.pid, std::memory_order_release);
     ++epoch_;

@@ -8,6 +8,7 @@
 #include <ctime>
 
 #include "ipc/detail/futex.hpp"
+#include "labels.hpp"
 #include "log.hpp"
 
 #if defined(__SANITIZE_THREAD__)
@@ -66,8 +67,8 @@ LockResult Mutex::finish(int rc) noexcept {
       return LockResult::acquired;
     case EOWNERDEAD:
       note_owner();
-      log::warn("mutex {}: previous owner died holding it; caller must repair and mark_consistent()",
-                static_cast<const void*>(this));
+      log::warn("{}: previous owner died holding it; caller must repair and mark_consistent()",
+                detail::object_label(this, "mutex"));
       return LockResult::owner_died;
     case ENOTRECOVERABLE: {
       // glibc 2.36 pthread_mutex_trylock takes the lock word (0 → our tid)
@@ -123,8 +124,8 @@ LockResult Mutex::lock_slow(int first_rc, std::uint64_t deadline_ns) noexcept {
     // Zeroed memory is a glibc *normal* mutex: blocking on it would sleep on
     // a private futex, deaf to other processes, with no owner-died. lock()
     // only gets here when its trylock failed, so nothing is held to undo.
-    log::error("mutex at {}: lock on memory that is not an initialised Mutex (magic {:#x}); refused",
-               static_cast<const void*>(this), magic_);
+    log::error("{}: lock on memory that is not an initialised Mutex (magic {:#x}); refused",
+               detail::object_label(this, "mutex"), magic_);
     return LockResult::invalid;
   }
   if (first_rc != EBUSY) return finish(first_rc);
@@ -171,14 +172,14 @@ void Mutex::recover_dead_owner() noexcept {
   if (detail::thread_liveness(pid, static_cast<pid_t>(tid), token) != detail::Liveness::dead) return;
   int died = static_cast<int>((static_cast<std::uint32_t>(observed) & FUTEX_WAITERS) | FUTEX_OWNER_DIED);
   if (__atomic_compare_exchange_n(word, &observed, died, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
-    log::warn("mutex {}: owner pid {} tid {} is dead but the kernel did not release the lock; released it",
-              static_cast<const void*>(this), pid, tid);
+    log::warn("{}: owner pid {} tid {} is dead but the kernel did not release the lock; released it",
+              detail::object_label(this, "mutex"), pid, tid);
     detail::futex_wake_raw(word, 1);
   }
 }
 
 void Mutex::unlock_failed(int rc) noexcept {
-  log::error("mutex {}: unlock by a thread that does not own it ({}); ignored", static_cast<const void*>(this),
+  log::error("{}: unlock by a thread that does not own it ({}); ignored", detail::object_label(this, "mutex"),
              std::strerror(rc));
 }
 

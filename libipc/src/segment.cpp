@@ -11,15 +11,18 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <thread>
 #include <type_traits>
 
 #include "ipc/detail/process.hpp"
-#include "log.hpp"
 #include "ipc/mutex.hpp"
+#include "labels.hpp"
+#include "log.hpp"
 
 namespace ipc {
 namespace {
@@ -75,6 +78,38 @@ void validate_name(std::string_view name, std::string_view what, std::size_t max
 
 std::string mib(std::uint64_t bytes) {
   return std::to_string(bytes >> 20) + " MiB";
+}
+
+// The segments this process has mapped, for object_label(). Per-process
+// bookkeeping, not shared state: a fork child inherits it together with the
+// mappings it describes. The atfork handlers keep the lock usable in a child
+// forked while another thread held it.
+struct Mapped {
+  const std::byte* base;
+  std::size_t size;
+  std::string name;
+};
+struct MappedTable {
+  std::mutex lock;
+  std::vector<Mapped> entries;
+};
+MappedTable& mapped() {
+  static MappedTable* table = [] {
+    auto* t = new MappedTable;  // never destroyed: log lines may come from static destructors
+    ::pthread_atfork([] { mapped().lock.lock(); }, [] { mapped().lock.unlock(); }, [] { mapped().lock.unlock(); });
+    return t;
+  }();
+  return *table;
+}
+void note_mapped(const std::byte* base, std::size_t size, const std::string& name) {
+  MappedTable& t = mapped();
+  std::lock_guard<std::mutex> g(t.lock);
+  t.entries.push_back({base, size, name});
+}
+void note_unmapped(const std::byte* base) noexcept {
+  MappedTable& t = mapped();
+  std::lock_guard<std::mutex> g(t.lock);
+  std::erase_if(t.entries, [&](const Mapped& m) { return m.base == base; });
 }
 
 }  // namespace
@@ -185,7 +220,10 @@ Segment& Segment::operator=(Segment&& other) noexcept {
 Segment::~Segment() { close(); }
 
 void Segment::close() noexcept {
-  if (base_) ::munmap(base_, size_);
+  if (base_) {
+    note_unmapped(base_);
+    ::munmap(base_, size_);
+  }
   base_ = nullptr;
   size_ = 0;
 }
@@ -269,6 +307,7 @@ Segment Segment::create(std::string_view name, const SegmentOptions& options) {
   if (p == MAP_FAILED) throw_errno(errno, "cannot map " + what);
   seg.base_ = static_cast<std::byte*>(p);
   seg.size_ = size;
+  note_mapped(seg.base_, seg.size_, seg.name_);
   auto* h = new (p) Header{};
   h->magic = kSegmentMagic;
   h->layout_version = kSegmentLayoutVersion;
@@ -373,6 +412,7 @@ Segment Segment::open(std::string_view name, const OpenOptions& options) {
   if (p == MAP_FAILED) throw_errno(errno, "cannot map " + what);
   seg.base_ = static_cast<std::byte*>(p);
   seg.size_ = h.total_size;
+  note_mapped(seg.base_, seg.size_, seg.name_);
   return seg;
 }
 
@@ -643,4 +683,38 @@ SegmentInfo Segment::info() const {
   return out;
 }
 
+namespace detail {
+
+std::string object_label(const void* address, std::string_view kind) {
+  const auto* p = static_cast<const std::byte*>(address);
+  std::string out(kind);
+  MappedTable& t = mapped();
+  std::unique_lock<std::mutex> g(t.lock, std::try_to_lock);  // never block a logging thread
+  if (g.owns_lock())
+    for (const Mapped& m : t.entries) {
+      if (p < m.base || p >= m.base + m.size) continue;
+      const std::uint64_t at = static_cast<std::uint64_t>(p - m.base);
+      const auto* h = reinterpret_cast<const Segment::Header*>(m.base);
+      const DirectoryEntry* e = h->entries(const_cast<std::byte*>(m.base));
+      const std::uint32_t entries = std::min<std::uint32_t>(h->directory_capacity, kMaxDirectoryCapacity);
+      for (std::uint32_t i = 0; i < entries; ++i) {
+        if (e[i].state.load(std::memory_order_acquire) != kReady) continue;
+        if (at < e[i].offset || at - e[i].offset >= e[i].size) continue;
+        // A racy read of a live entry, for a log line: the name is bounded, never trusted further.
+        const std::string name(e[i].name, std::min<std::uint32_t>(e[i].name_length, kMaxObjectNameLength));
+        const auto type = static_cast<ObjectType>(e[i].type);
+        if (at == e[i].offset && kind == to_string(type))
+          out += " '" + name + "'";
+        else
+          out += std::string(" in ") + to_string(type) + " '" + name + "' (+" + std::to_string(at - e[i].offset) + ")";
+        return out + " in segment '" + m.name + "'";
+      }
+      return out + " at +" + std::to_string(at) + " in segment '" + m.name + "'";
+    }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, " at %p", address);
+  return out + buf;
+}
+
+}  // namespace detail
 }  // namespace ipc

@@ -4,6 +4,7 @@
 
 #include "ipc/detail/futex.hpp"
 #include "ipc/detail/process.hpp"
+#include "labels.hpp"
 #include "log.hpp"
 
 namespace ipc {
@@ -27,8 +28,8 @@ bool SharedMutex::reclaim_if_dead(ReaderSlot& slot, std::uint64_t observed) noex
   if (l != detail::Liveness::dead) return false;
   if (!slot.word.compare_exchange_strong(observed, 0, std::memory_order_acq_rel)) return false;
   if (count_of(observed))
-    log::warn("shared mutex {}: reader process {} died holding {} read lock(s); released them",
-              static_cast<const void*>(this), owner & ~kClaiming, count_of(observed));
+    log::warn("{}: reader process {} died holding {} read lock(s); released them",
+              detail::object_label(this, "shared_mutex"), owner & ~kClaiming, count_of(observed));
   return true;
 }
 
@@ -103,8 +104,8 @@ void SharedMutex::reader_released() noexcept {
 bool SharedMutex::probe_dead_writer() noexcept {
   LockResult r = writer_.try_lock();
   if (r == LockResult::owner_died) {
-    log::warn("shared mutex {}: a writer died holding it; readers will see owner_died until a writer repairs",
-              static_cast<const void*>(this));
+    log::warn("{}: a writer died holding it; readers will see owner_died until a writer repairs",
+              detail::object_label(this, "shared_mutex"));
     suspect_.store(1, std::memory_order_release);
     state_.store(0, std::memory_order_seq_cst);
     writer_.mark_consistent();  // suspect_ now carries the "unrepaired" state
@@ -134,8 +135,8 @@ void SharedMutex::unlock_shared() noexcept {
     reader_released();
     return;
   }
-  log::error("shared mutex {}: unlock_shared by a process that holds no read lock; ignored",
-             static_cast<const void*>(this));
+  log::error("{}: unlock_shared by a process that holds no read lock; ignored",
+             detail::object_label(this, "shared_mutex"));
 }
 
 LockResult SharedMutex::lock_until_ns(std::uint64_t deadline_ns) noexcept {

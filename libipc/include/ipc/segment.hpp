@@ -99,6 +99,10 @@ inline constexpr std::size_t kMaxObjectNameLength = 79;   // object names in the
 inline constexpr std::uint32_t kSegmentLayoutVersion = 1;
 
 // Type tags stored in the directory. Values are part of the segment format.
+namespace detail {
+std::string object_label(const void* address, std::string_view kind);  // for log lines; libipc/src/labels.hpp
+}  // namespace detail
+
 // Type tags of directory entries, in reserved ranges so that a new kind of
 // object never needs an edit here:
 //   1 … 0x0fff            libipc's own objects (the enumerators below)
@@ -256,6 +260,7 @@ class Segment {
   }
 
  private:
+  friend std::string detail::object_label(const void* address, std::string_view kind);
   Segment() = default;
   struct Header;
   struct DirectoryLock;
