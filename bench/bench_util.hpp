@@ -1,6 +1,6 @@
 // bench/bench_util.hpp — what every libipc benchmark shares: repetitions with
 // a median, CPU pinning, the human table, and the machine-readable lines of
-// SPEC.md "Benchmarks":
+// docs/benchmarks.md:
 //   RESULT <bench> <metric> <value> <unit>
 //   RATIO  <bench> <metric> <value>        (our cost / baseline cost, same run)
 #pragma once

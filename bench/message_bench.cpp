@@ -1,7 +1,7 @@
 // message_bench: zero-copy Cap'n Proto messages (ipc/message.hpp) sent as
 // pool buffer handles through an SPSC channel (ipc/channel.hpp), against the
 // same message in our own 64 B form and against two copying baselines, all
-// measured in the same run (issue #8; SPEC.md "Benchmarks").
+// measured in the same run (docs/benchmarks.md).
 //
 // The message (bench/bench_message.capnp): struct BenchMessage { seq UInt64;
 // payload List(UInt64) } with 8 elements ("64 B": 64 B of payload) or

@@ -5,8 +5,9 @@
 // Why not pthread_cond_t: glibc >= 2.25 splits waiters into groups with a
 // reference count (__g_refs) that a signaller waits on before switching
 // groups; a waiter SIGKILLed while holding such a reference can stall
-// signallers, and glibc 2.36 (Debian 12) still has it (NOTES §2). So this is
-// the classic sequence-counter condvar on a shared futex word.
+// signallers, and glibc 2.36 (Debian 12) still has it (glibc removed __g_refs
+// only in 2025, commit 991febc2, fixing BZ #25847). So this is the classic
+// sequence-counter condvar on a shared futex word.
 //
 // Layout (one cache line):
 //   seq_      32-bit futex word, incremented by every notify

@@ -3,7 +3,7 @@
 // Types: `Mutex` (the shared struct), `LockResult` (what a lock call did),
 // `LockInfo` (introspection for `ipcctl locks`), `MutexGuard` (RAII).
 //
-// Mechanism (NOTES-design-research.md §1.2(a), §1.5): a glibc robust,
+// Mechanism (docs/architecture.md "Robust mutex"): a glibc robust,
 // process-shared, error-checking `pthread_mutex_t`, plus our owner record.
 // glibc registers a robust-list head for every thread, so when a thread or
 // process dies holding the lock the kernel (kernel/futex/core.c

@@ -76,8 +76,8 @@
 // buffers per class that it claimed but does not use (cached = 1, still owned
 // by this pid, so reclaim returns them if the process dies). An allocation
 // from the cache touches only the buffer's own descriptor line: this is what
-// is meant to make alloc+free approach malloc (NOTES §8: a shared free list
-// alone is ~12 ns vs malloc's ~6-11 ns; measured: see docs/architecture.md).
+// is meant to make alloc+free approach malloc (a shared free list alone is
+// ~12 ns vs malloc's ~6-11 ns; measured: see docs/architecture.md).
 // A freed buffer is kept in the cache only while its class is less than half
 // used, so idle caches cannot starve other processes. The cache is flushed
 // when the handle closes.

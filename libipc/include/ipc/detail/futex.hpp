@@ -1,6 +1,6 @@
 // ipc/detail/futex.hpp — thin wrappers over futex(2) for words in shared
 // memory. Never FUTEX_PRIVATE_FLAG: private futex keys are (mm, address) and a
-// wake from another process would be lost silently (NOTES §1.4). Deadlines are
+// wake from another process would be lost silently (futex(2), "FUTEX_PRIVATE_FLAG"). Deadlines are
 // absolute CLOCK_MONOTONIC nanoseconds (FUTEX_WAIT_BITSET), so a wait that is
 // interrupted and restarted never stretches its timeout.
 #pragma once
