@@ -446,7 +446,6 @@ constexpr std::uint32_t kTailCheckEvery = 256;
 ReceiveStatus Subscription::take(Message& out) noexcept {
   Broadcast::State& s = *s_;
   SubscriberSlot& me = s.subs[slot_];
-  const std::uint32_t pid = detail::self_pid();
   constexpr std::uint64_t kPosMask = (std::uint64_t{1} << 48) - 1;
   for (;;) {
     const std::uint64_t c = cursor_;
@@ -484,21 +483,9 @@ ReceiveStatus Subscription::take(Message& out) noexcept {
         std::uint32_t lost = 0;
         if (!skip)
           for (std::uint32_t i = 0; i < n; ++i) {
-            std::optional<Buffer> b;
-            if (s.pool) {
-              BufferPool::HandleStatus hs = s.pool->retain(handles[i], pid);
-              for (std::uint64_t until = 0; hs == BufferPool::HandleStatus::too_many_holders;) {
-                const std::uint64_t now = detail::monotonic_ns();
-                if (until == 0) until = now + static_cast<std::uint64_t>(std::chrono::nanoseconds(kHolderWait).count());
-                if (now >= until) break;
-                sched_yield();
-                hs = s.pool->retain(handles[i], pid);
-              }
-              if (hs == BufferPool::HandleStatus::ok) {
-                b = s.pool->adopt(handles[i], pid);
-                if (!b) s.pool->release(handles[i], pid);  // no client slot: give the reference back
-              }
-            }
+            // One pool call: a reference of our own (BufferPool::share H1–H6;
+            // all holder slots in use → retried for up to kHolderWait).
+            std::optional<Buffer> b = s.pool ? s.pool->share(handles[i], kHolderWait) : std::nullopt;
             if (b)
               out.buffers().push_back(std::move(*b));
             else

@@ -388,13 +388,12 @@ ReceiveStatus Channel::State::take(Message& out) noexcept {
     if (n) {
       const std::uint32_t slot_id = holder(pos);
       for (std::uint32_t i = 0; i < n; ++i) {
-        std::optional<Buffer> b = pool ? pool->adopt(ring::handle_at(s, static_cast<int>(i)), slot_id) : std::nullopt;
+        // One pool call: the slot's reference becomes ours, or is dropped (BufferPool::take T1–T5).
+        std::optional<Buffer> b = pool ? pool->take(ring::handle_at(s, static_cast<int>(i)), slot_id) : std::nullopt;
         if (b)
           out.buffers().push_back(std::move(*b));
-        else {
-          if (pool) pool->release(ring::handle_at(s, static_cast<int>(i)), slot_id);
+        else
           out.add_lost();
-        }
       }
     }
     // C4. seq_cst: visible before C5 reads space_waiters.

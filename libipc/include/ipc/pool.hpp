@@ -158,6 +158,12 @@
 // re-checks), or finishes it to none if S3 had unlinked it. Processes drop their
 // mapping when the entry's epoch changes or it is none; nobody holds a buffer
 // in a retired extension, so no pointer into the mapping is live.
+//
+// Implementation (libipc/src/pool_state.hpp): BufferPool::State (one part:
+// size classes, caches, A/F steps) composes LargeRegion (R1–R7: allocate,
+// free, lock repair), ExtensionTable (G1–G4, S1–S3, lock repair L1–L3, part
+// lookup M1–M3) and ClientTable (register J1–J5, the pending-free record
+// D1–D2, reclaim bookkeeping K1–K5); take()/share() below (T1–T5, H1–H6).
 #pragma once
 
 #include <atomic>
@@ -336,8 +342,8 @@ class BufferPool {
   // Pointer to the buffer's bytes, after validating the handle (nullptr + status on error).
   std::byte* resolve(const BufferHandle& h, HandleStatus* status = nullptr) const noexcept;
   // A hint, nothing else: starts fetching the handle's descriptor and first
-  // data line (a receiver about to adopt it; channels call it while they
-  // read the slot, so the transfers overlap). Ignores invalid handles.
+  // data line (a receiver about to take or share it; channels call it while
+  // they read the slot, so the transfers overlap). Ignores invalid handles.
   void prefetch(const BufferHandle& h) const noexcept;
   // Adds a reference for `holder` (a pid; default: this process). The caller
   // must itself hold a reference (retain of a freed buffer is refused: stale).
@@ -349,8 +355,74 @@ class BufferPool {
   // hand-over through a channel: sender → receiver).
   HandleStatus transfer(const BufferHandle& h, std::uint32_t from, std::uint32_t to) noexcept;
   // Takes over a reference held by `holder` as a Buffer of this process
-  // (changes the holder id to this pid). For a received handle.
+  // (changes the holder id to this pid). On failure the reference stays
+  // with from_holder (take() drops it instead). No client slot (more than
+  // kMaxClients processes) is reported as too_many_holders.
   std::optional<Buffer> adopt(const BufferHandle& h, std::uint32_t from_holder, HandleStatus* status = nullptr) noexcept;
+
+  // Receiving a handle: one call per handle. The two receivers need two
+  // different things: a point-to-point receiver takes over the reference
+  // its slot held (the count stays the same: take); a broadcast subscriber
+  // adds a reference of its own while the slot keeps its one for the other
+  // subscribers (the count grows by one: share). Both validate the handle
+  // once, map an extension part once, and return the Buffer or nullopt
+  // with *status; neither leaves a reference behind that nobody will drop.
+  //
+  // take(): the reference `from_holder` (non-zero: a channel slot's holder
+  // id) holds becomes this process's, as a Buffer (Channel C3).
+  //   T1 resolve the handle's part (maps an extension on first use) and
+  //      register this process's client slot if it has none (ClientTable
+  //      J1–J5);
+  //   T2 validate: pool id, part, class, index; the descriptor word must be
+  //      (owner != 0, the handle's generation) and not cached;
+  //   T3 one CAS on the holder slot k whose refmask bit is set:
+  //      holders[k] from_holder → this pid. The reference word (generation |
+  //      refmask) is not written: the count is unchanged, only its holder;
+  //   T4 the Buffer (process-local, nothing shared is written);
+  //   T5 only if T2 passed but T3 could not be done — no client slot
+  //      (status too_many_holders): from_holder's reference is dropped as
+  //      release(h, from_holder) would (the last reference frees the buffer,
+  //      F1–F4); not_held (from_holder holds no counted reference): the same
+  //      drop finds nothing and changes nothing.
+  // Stale (freed, reclaimed, re-allocated, cached), foreign (another pool,
+  // an extension this process cannot map), bad_class and bad_index handles
+  // change nothing and return nullopt with that status: the handle holds no
+  // reference this call could drop.
+  // A caller killed in take(): before T3 the reference is still
+  // from_holder's (a channel recoverer releases it under the slot's holder
+  // id, channel R2); after T3 it is the dead pid's and reclaim(pid) drops it.
+  // T3 is one CAS, so exactly one of them holds it — a survivor never sees
+  // it both held twice or lost. A death in T5 is a death in release(),
+  // with one gap: T5 runs without a client slot, so there is no
+  // pending-free record (D1); killed between clearing the last refmask bit
+  // and F1, it leaves the buffer claimed by its owner until the owner is
+  // reclaimed (as the release() receivers called before take() existed).
+  std::optional<Buffer> take(const BufferHandle& h, std::uint32_t from_holder, HandleStatus* status = nullptr) noexcept;
+
+  // share(): adds a counted reference of this process and returns it as a
+  // Buffer (Broadcast S3); the caller does not hold one already, the slot
+  // (or another holder) does.
+  //   H1 as T1; no client slot → too_many_holders, nothing is written (no
+  //      reference is added that could not become a Buffer);
+  //   H2 as T2;
+  //   H3 reserve a free holder slot: holders[k] CAS 0 → this pid;
+  //   H4 set bit k of the reference word by CAS, only while the word's
+  //      generation is the handle's and its mask is non-zero: if the last
+  //      reference went meanwhile the handle is stale, slot k is given back
+  //      (CAS pid → 0) and nothing is counted — never a reference on the
+  //      buffer's next incarnation;
+  //   H5 all kMaxHolders slots in use: H2–H4 again (sched_yield between
+  //      tries) for up to `holder_wait` (0: once), then too_many_holders;
+  //   H6 the Buffer.
+  // Returns nullopt with foreign_pool, bad_class, bad_index, stale (as for
+  // take: nothing changes) or too_many_holders.
+  // A caller killed in share(): between H3 and H4 its slot is reserved but
+  // has no bit — not a reference: releases skip it and reclaim(pid) frees
+  // the slot; after H4 the reference is the dead pid's and reclaim(pid)
+  // drops it (freeing the buffer if it was the last). Survivors' references
+  // are never touched.
+  std::optional<Buffer> share(const BufferHandle& h, std::chrono::nanoseconds holder_wait = {},
+                              HandleStatus* status = nullptr) noexcept;
   std::uint32_t holders(const BufferHandle& h) const noexcept;
 
   // Returns every buffer `pid` owned or held (it is dead: the broker calls
@@ -386,7 +458,10 @@ class BufferPool {
   std::size_t class_size(std::size_t c) const noexcept;
 
  public:
-  struct State;  // implementation detail: everything of this handle, on the heap (Buffers point at it)
+  // Implementation detail: everything of this handle, on the heap (Buffers
+  // point at it). Declared in libipc/src/pool_state.hpp with the classes it
+  // composes (LargeRegion, ExtensionTable, ClientTable).
+  struct State;
 
  private:
   friend class Buffer;
