@@ -1,6 +1,7 @@
 // Channel crash behaviour (ipc/channel.hpp, "Crash behaviour", R1–R3):
 //  - producers and consumers SIGKILLed at random points while traffic flows
-//    (SPSC and MPMC, inline and buffer payloads, 115 iterations): after
+//    (SPSC and MPMC, inline and buffer payloads, 115 iterations unless
+//    IPC_TEST_ITERATIONS says otherwise; seed from IPC_TEST_SEED): after
 //    channel.reclaim(pid) / pool.reclaim(pid) the parent drains the channel
 //    with timeouts and finds no duplicate, no lost acknowledged message
 //    beyond one per dead consumer, nothing received that was never sent,
@@ -8,7 +9,7 @@
 //  - deterministic: a producer parked inside send() between claim and
 //    commit (its payload source faults; the SIGSEGV handler parks it), so its
 //    slot is `writing`. While it lives nobody recovers the slot; once it is
-//    SIGKILLed a consumer blocked in receive gets going within a second
+//    SIGKILLed a consumer blocked in receive gets going promptly
 //    without anyone calling reclaim; with a buffer in flight, reclaim returns
 //    the slot and pool.reclaim the buffer;
 //  - deterministic: a consumer parked between claim (C1) and release (C4)
@@ -52,6 +53,10 @@ using ipc::test::make_board;
 using ipc::test::now_ns;
 using ipc::test::opts;
 using ipc::test::TestDomain;
+using ipc::test::kHangMs;
+using ipc::test::kPromptMs;
+using ipc::test::ms_between;
+using ipc::test::ms_since;
 
 using Clock = std::chrono::steady_clock;
 
@@ -226,6 +231,7 @@ struct LoopTotals {
   std::uint64_t in_flight_of_dead_producers = 0;
   std::uint64_t messages = 0;
   int kills = 0;
+  double slowest_drain_ms = 0;
 };
 
 // One iteration; returns false after the first failed CHECK (so a broken
@@ -292,7 +298,9 @@ bool run_iteration(const TestDomain& d, const Scenario& sc, int it, std::mt19937
       m.clear();
     }
     CHECK(st == ReceiveStatus::timed_out);
-    CHECK(Clock::now() - t0 < 5s);
+    const double drain_ms = ms_since(t0);
+    totals.slowest_drain_ms = std::max(totals.slowest_drain_ms, drain_ms);
+    CHECK(drain_ms < kHangMs);  // no hang (the slowest is printed by run_scenario)
     totals.recovered_total += ch.stats().recovered;
 
     std::uint64_t duplicates = 0, missing = 0, unsent = 0, in_flight = 0;
@@ -341,15 +349,17 @@ bool run_iteration(const TestDomain& d, const Scenario& sc, int it, std::mt19937
 
 void run_scenario(const Scenario& sc, LoopTotals& totals) {
   TestDomain d;
-  const unsigned seed = ipc::test::test_seed();
+  const unsigned seed = ipc::test::seed();
   INFO("seed " << seed);
   std::mt19937 rng(seed);
-  for (int it = 0; it < sc.iterations; ++it)
+  const int iterations = ipc::test::iterations(sc.iterations);
+  for (int it = 0; it < iterations; ++it)
     if (!run_iteration(d, sc, it, rng, totals)) break;
-  MESSAGE(std::string(sc.name) << ": " << sc.iterations << " iterations, " << totals.kills << " kills, " << totals.messages
+  MESSAGE(std::string(sc.name) << ": " << iterations << " iterations, " << totals.kills << " kills, " << totals.messages
                   << " acknowledged messages, " << totals.lost_to_dead_consumers << " lost with a dead consumer, "
                   << totals.in_flight_of_dead_producers << " in flight of a dead producer, slots recovered: "
-                  << totals.recovered_total << " (" << totals.recovered_by_reclaim << " by reclaim)");
+                  << totals.recovered_total << " (" << totals.recovered_by_reclaim << " by reclaim), slowest drain "
+                  << totals.slowest_drain_ms << " ms");
   CHECK(d.leftover_files() == 0);
 }
 
@@ -472,10 +482,10 @@ TEST_CASE("a producer killed between claim and commit: not recovered while it li
     if (spsc) REQUIRE(ch.try_send(after_bytes) == SendStatus::ok);  // the successor producer
     check_exit(kids.wait(consumer), "consumer");
     CHECK(b.got.load() == after);
-    const double ms = static_cast<double>(b.received_at.load() - killed_at) / 1e6;
+    const double ms = ms_between(killed_at, b.received_at.load());
     MESSAGE((spsc ? "spsc" : "mpmc") << ": consumer got going " << ms << " ms after the kill");
     CHECK(ms > 0);  // only after the kill
-    CHECK(ms < 1000);
+    CHECK_PROMPT(ms, kPromptMs);
     CHECK(ch.stats().recovered == 1);
     CHECK(ch.reclaim(static_cast<std::uint32_t>(parker)) == 0);  // nothing left to reclaim
     CHECK(ch.stats().depth == 0);
@@ -603,10 +613,10 @@ TEST_CASE("a consumer killed between claim and release: its slot is not taken wh
     const std::int64_t killed_at = now_ns();
     kids.kill(consumer);
     check_exit(kids.wait(producer), "producer");
-    const double ms = static_cast<double>(b.received_at.load() - killed_at) / 1e6;
+    const double ms = ms_between(killed_at, b.received_at.load());
     MESSAGE((spsc ? "spsc" : "mpmc") << ": blocked producer got the slot " << ms << " ms after the consumer's kill");
     CHECK(ms > 0);  // only after the kill
-    CHECK(ms < 1000);
+    CHECK_PROMPT(ms, kPromptMs);
     CHECK(ch.stats().recovered == 1);
     CHECK(ch.reclaim(static_cast<std::uint32_t>(consumer)) == 0);
     // The slot's reference was released by the recovery (the dead consumer

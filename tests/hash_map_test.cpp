@@ -32,10 +32,10 @@ using ipc::test::eventually;
 using ipc::test::make_board;
 using ipc::test::opts;
 using ipc::test::TestDomain;
+using ipc::test::str;
 
 namespace {
 
-std::string str(MapStatus s) { return to_string(s); }  // doctest prints const char* as a pointer
 
 // A 64-byte value whose fields derive from (key, version), with a checksum:
 // a torn value (half old, half new) fails check().
@@ -349,8 +349,8 @@ TEST_CASE("4 processes: random ops on disjoint key ranges match a model, shared 
     std::atomic<std::uint64_t> increments[kCounters];
   };
   Board& b = make_board<Board>(seg);
-  const unsigned seed = ipc::test::test_seed();
-  MESSAGE("seed " << seed);
+  const unsigned seed = ipc::test::seed();
+  INFO("seed " << seed);
   Children kids;
   std::vector<pid_t> pids;
   for (int p = 0; p < kProcs; ++p)
@@ -539,16 +539,16 @@ int crash_writer(const TestDomain& d, int w, unsigned seed) {
 }
 }  // namespace
 
-TEST_CASE("crash: 120 rounds of SIGKILLed writers, no torn value, no lost acknowledged write, no hang") {
+TEST_CASE("crash: rounds of SIGKILLed writers, no torn value, no lost acknowledged write, no hang") {
   TestDomain d;
   Segment seg = Segment::create("crash", opts(d, 8u << 20));
   MapOptions o = small_map(4, 8);  // small tables: growth and tombstone rehashes happen under fire
   auto m = HashMap<std::uint64_t, Val>::create(seg, "m", o);
   CrashBoard& b = make_board<CrashBoard>(seg);
-  const unsigned seed = ipc::test::test_seed();
-  MESSAGE("seed " << seed);
+  const unsigned seed = ipc::test::seed();
+  INFO("seed " << seed);
   std::mt19937 rng(seed);
-  constexpr int kRounds = 120;
+  const int kRounds = ipc::test::iterations(120);
   int bad_rounds = 0;
   for (int round = 0; round < kRounds && bad_rounds == 0; ++round) {
     Children kids;
@@ -610,7 +610,7 @@ TEST_CASE("crash: 120 rounds of SIGKILLed writers, no torn value, no lost acknow
   CHECK(table_objects(seg, "m") == 4);  // no half-built or stale table left behind
 }
 
-TEST_CASE("crash during growth: 40 writers SIGKILLed while tables double, repair finishes or undoes the switch") {
+TEST_CASE("crash during growth: writers SIGKILLed while tables double, repair finishes or undoes the switch") {
   TestDomain d;
   Segment seg = Segment::create("gcrash", opts(d, 16u << 20));
   struct Board {
@@ -618,11 +618,12 @@ TEST_CASE("crash during growth: 40 writers SIGKILLed while tables double, repair
     std::atomic<int> error;
   };
   Board& b = make_board<Board>(seg);
-  const unsigned seed = ipc::test::test_seed();
-  MESSAGE("seed " << seed);
+  const unsigned seed = ipc::test::seed();
+  INFO("seed " << seed);
   std::mt19937 rng(seed);
+  const int rounds = ipc::test::iterations(40);
   int repaired_growths = 0;
-  for (int round = 0; round < 40; ++round) {
+  for (int round = 0; round < rounds; ++round) {
     const std::string name = "g" + std::to_string(round);
     b.acked.store(0);
     Children kids;
@@ -665,7 +666,7 @@ TEST_CASE("crash during growth: 40 writers SIGKILLed while tables double, repair
     CHECK(table_objects(seg, name) == 1);
     CHECK(BytesMap::remove(seg, name));
   }
-  MESSAGE(repaired_growths << " of 40 rounds needed a repair");
+  MESSAGE(repaired_growths << " of " << rounds << " rounds needed a repair");
   CHECK(seg.objects().size() == 1);  // only the board
 }
 

@@ -644,7 +644,7 @@ TEST_CASE("2000+ random mutations of a message in shared memory: errors or valid
     std::size_t used = good.segment_words[i] * 8 + (i == 0 ? 64 : 0);
     original.emplace_back(bufs[i].data(), bufs[i].data() + used);
   }
-  const unsigned seed = test::test_seed();
+  const unsigned seed = test::seed();
   CAPTURE(seed);
   std::mt19937_64 rng(seed);
   auto pick = [&](std::uint64_t n) { return n == 0 ? 0 : rng() % n; };
@@ -763,10 +763,11 @@ TEST_CASE("SIGKILL while building a message leaks nothing after reclaim") {
   Segment seg = Segment::create("msg", test::opts(d, 16u << 20));
   BufferPool pool = BufferPool::create(seg, "pool", small_config());
   Board& board = test::make_board<Board>(seg);
-  const unsigned seed = test::test_seed();
+  const unsigned seed = test::seed();
   CAPTURE(seed);
   std::mt19937 rng(seed);
-  for (int it = 0; it < 40; ++it) {
+  const int iterations = test::iterations(40);
+  for (int it = 0; it < iterations; ++it) {
     CAPTURE(it);
     board.progress.store(0, std::memory_order_relaxed);
     const bool seal_first = it % 5 == 4;  // also: sealed, handles published, never consumed

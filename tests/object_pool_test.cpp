@@ -9,6 +9,7 @@
 
 using namespace ipc;
 using ipc::test::TestDomain;
+using ipc::test::opts;
 
 namespace {
 
@@ -17,13 +18,6 @@ struct Session {
   std::uint32_t uses;
   std::uint64_t payload[4];
 };
-
-Segment make_segment(const TestDomain& d) {
-  SegmentOptions o;
-  o.size = 4u << 20;
-  o.domain = d.name();
-  return Segment::create("objects", o);
-}
 
 PoolConfig object_config(std::uint32_t n) {
   PoolConfig c;
@@ -37,7 +31,7 @@ PoolConfig object_config(std::uint32_t n) {
 
 TEST_CASE("acquire builds with the factory, release resets, reuse is validated") {
   TestDomain d;
-  Segment seg = make_segment(d);
+  Segment seg = Segment::create("objects", opts(d, 4u << 20));
   BufferPool pool = BufferPool::create(seg, "sessions", object_config(1));
   int built = 0, resets = 0, validations = 0;
   bool accept = true;
@@ -84,7 +78,7 @@ TEST_CASE("acquire builds with the factory, release resets, reuse is validated")
 
 TEST_CASE("a process killed inside reset leaves an object the next acquirer rebuilds") {
   TestDomain d;
-  Segment seg = make_segment(d);
+  Segment seg = Segment::create("objects", opts(d, 4u << 20));
   BufferPool pool = BufferPool::create(seg, "sessions", object_config(1));
   pid_t child = test::fork_child([&]() -> int {
     Segment s = Segment::open("objects", {.domain = d.name()});
@@ -122,7 +116,7 @@ TEST_CASE("a process killed inside reset leaves an object the next acquirer rebu
 
 TEST_CASE("an ObjectPool over a pool whose classes are too small is refused") {
   TestDomain d;
-  Segment seg = make_segment(d);
+  Segment seg = Segment::create("objects", opts(d, 4u << 20));
   PoolConfig c;
   c.class_sizes = {8};
   BufferPool pool = BufferPool::create(seg, "tiny", c);

@@ -15,15 +15,9 @@
 using namespace ipc;
 using namespace std::chrono_literals;
 using ipc::test::TestDomain;
+using ipc::test::opts;
 
 namespace {
-
-Segment make_segment(const TestDomain& d) {
-  SegmentOptions o;
-  o.size = 4u << 20;
-  o.domain = d.name();
-  return Segment::create("grow", o);
-}
 
 PoolConfig growing(std::uint32_t buffers, std::uint32_t max_ext, std::chrono::milliseconds delay) {
   PoolConfig c;
@@ -45,7 +39,7 @@ struct Board {
 
 TEST_CASE("a full pool grows by extension segments up to max_extensions, then reports exhausted") {
   TestDomain d;
-  Segment seg = make_segment(d);
+  Segment seg = Segment::create("grow", opts(d, 4u << 20));
   BufferPool pool = BufferPool::create(seg, "p", growing(4, 2, 0ms));
   std::vector<Buffer> held;
   for (int i = 0; i < 12; ++i) {
@@ -68,7 +62,7 @@ TEST_CASE("a full pool grows by extension segments up to max_extensions, then re
 
 TEST_CASE("another process resolves handles in extensions, allocates from them, and they shrink after the delay") {
   TestDomain d;
-  Segment seg = make_segment(d);
+  Segment seg = Segment::create("grow", opts(d, 4u << 20));
   BufferPool pool = BufferPool::create(seg, "p", growing(2, 3, 300ms));
   auto* board = static_cast<Board*>(seg.create_object("board", ObjectType::raw, sizeof(Board)).data);
   std::vector<Buffer> held;
@@ -114,7 +108,7 @@ TEST_CASE("another process resolves handles in extensions, allocates from them, 
 
 TEST_CASE("allocations racing with shrink never get a buffer from a released extension") {
   TestDomain d;
-  Segment seg = make_segment(d);
+  Segment seg = Segment::create("grow", opts(d, 4u << 20));
   BufferPool pool = BufferPool::create(seg, "p", growing(2, 2, 0ms));
   auto* board = static_cast<Board*>(seg.create_object("board", ObjectType::raw, sizeof(Board)).data);
   pid_t child = test::fork_child([&] {
@@ -152,7 +146,7 @@ TEST_CASE("allocations racing with shrink never get a buffer from a released ext
 
 TEST_CASE("grow needs max_extensions") {
   TestDomain d;
-  Segment seg = make_segment(d);
+  Segment seg = Segment::create("grow", opts(d, 4u << 20));
   PoolConfig c = growing(2, 0, 0ms);
   CHECK_THROWS_AS(BufferPool::create(seg, "p", c), Error);
   c.max_extensions = BufferPool::kMaxExtensions + 1;
@@ -163,7 +157,7 @@ TEST_CASE("a growing pool with a reserve reports exhausted instead of looping") 
   // Regression: grow() used to count the reserve as room, so allocate()
   // grew, found no room for normal priority, and tried again forever.
   TestDomain d;
-  Segment seg = make_segment(d);
+  Segment seg = Segment::create("grow", opts(d, 4u << 20));
   PoolConfig c = growing(4, 1, 0ms);
   c.class_sizes = {64};
   c.reserve_per_class = 1;

@@ -14,13 +14,13 @@
 
 using namespace ipc;
 using ipc::test::TestDomain;
+using ipc::test::opts;
 
 TEST_CASE("concurrent last releases of one buffer free it exactly once") {
   TestDomain d;
-  SegmentOptions o;
-  o.size = 4u << 20;
-  o.domain = d.name();
-  Segment seg = Segment::create("race", o);
+  const unsigned seed = ipc::test::seed();  // the random spin before each release
+  INFO("seed " << seed);
+  Segment seg = Segment::create("race", opts(d, 4u << 20));
   PoolConfig cfg;
   cfg.class_sizes = {64};
   cfg.buffers_per_class = 128;
@@ -41,7 +41,7 @@ TEST_CASE("concurrent last releases of one buffer free it exactly once") {
     }
   });
   int double_owned = 0, failures = 0;
-  unsigned rr = static_cast<unsigned>(::getpid());
+  unsigned rr = seed;
   for (int it = 1; it <= 3000 && double_owned == 0 && failures == 0; ++it) {
     Allocation a = owner.allocate(64);
     if (!a) {
@@ -80,10 +80,7 @@ TEST_CASE("transfer racing the last release never hands out a freed buffer") {
   // Regression (review): transfer() could move a reference out of a slot
   // whose bit the releaser had just cleared, adopting freed memory.
   TestDomain d;
-  SegmentOptions o;
-  o.size = 4u << 20;
-  o.domain = d.name();
-  Segment seg = Segment::create("race2", o);
+  Segment seg = Segment::create("race2", opts(d, 4u << 20));
   PoolConfig cfg;
   cfg.class_sizes = {64};
   cfg.buffers_per_class = 64;
@@ -143,10 +140,7 @@ TEST_CASE("transfer racing the last release never hands out a freed buffer") {
 
 TEST_CASE("retain with a stale handle never counts a reference on the next incarnation") {
   TestDomain d;
-  SegmentOptions o;
-  o.size = 4u << 20;
-  o.domain = d.name();
-  Segment seg = Segment::create("race3", o);
+  Segment seg = Segment::create("race3", opts(d, 4u << 20));
   PoolConfig cfg;
   cfg.class_sizes = {64};
   cfg.buffers_per_class = 1;

@@ -16,15 +16,9 @@
 using namespace ipc;
 using namespace std::chrono_literals;
 using ipc::test::TestDomain;
+using ipc::test::opts;
 
 namespace {
-
-Segment make_segment(const TestDomain& d) {
-  SegmentOptions o;
-  o.size = 8u << 20;
-  o.domain = d.name();
-  return Segment::create("large", o);
-}
 
 PoolConfig region_config(LargeStrategy strategy, std::size_t blocks) {
   PoolConfig c;
@@ -42,7 +36,7 @@ std::size_t region_blocks_in_use(const BufferPool& p) { return p.stats().classes
 
 TEST_CASE("buddy: power-of-two runs, aligned, coalescing back into one block") {
   TestDomain d;
-  Segment seg = make_segment(d);
+  Segment seg = Segment::create("large", opts(d, 8u << 20));
   BufferPool pool = BufferPool::create(seg, "p", region_config(LargeStrategy::buddy, 16));
   Allocation a = pool.allocate(5000);  // 2 blocks
   Allocation b = pool.allocate(13000);  // 4 blocks
@@ -78,7 +72,7 @@ TEST_CASE("buddy: power-of-two runs, aligned, coalescing back into one block") {
 
 TEST_CASE("best fit takes the smallest gap that holds the request") {
   TestDomain d;
-  Segment seg = make_segment(d);
+  Segment seg = Segment::create("large", opts(d, 8u << 20));
   BufferPool pool = BufferPool::create(seg, "p", region_config(LargeStrategy::best_fit, 16));
   // Blocks: [a:3][b:5][c:2][e:4][rest:2]
   Allocation a = pool.allocate(3 * 4096), b = pool.allocate(5 * 4096), c = pool.allocate(2 * 4096),
@@ -103,7 +97,7 @@ TEST_CASE("best fit takes the smallest gap that holds the request") {
 
 TEST_CASE("region handles cross processes and SIGKILLed holders are reclaimed") {
   TestDomain d;
-  Segment seg = make_segment(d);
+  Segment seg = Segment::create("large", opts(d, 8u << 20));
   BufferPool pool = BufferPool::create(seg, "p", region_config(LargeStrategy::buddy, 64));
   struct Board {
     std::atomic<int> ready;
@@ -139,12 +133,13 @@ TEST_CASE("region handles cross processes and SIGKILLed holders are reclaimed") 
 
 TEST_CASE("SIGKILL at random points of region alloc/free loops loses no block") {
   TestDomain d;
-  Segment seg = make_segment(d);
+  Segment seg = Segment::create("large", opts(d, 8u << 20));
   BufferPool pool = BufferPool::create(seg, "p", region_config(LargeStrategy::buddy, 32));
-  const unsigned seed = test::test_seed();
+  const unsigned seed = test::seed();
   INFO("seed " << seed);
   std::mt19937 rng(seed);
-  for (int iter = 0; iter < 60; ++iter) {
+  const int iterations = test::iterations(60);
+  for (int iter = 0; iter < iterations; ++iter) {
     pid_t child = test::fork_child([&]() -> int {
       Segment s = Segment::open("large", {.domain = d.name()});
       BufferPool p = BufferPool::open(s, "p");
@@ -171,7 +166,7 @@ TEST_CASE("SIGKILL at random points of region alloc/free loops loses no block") 
 
 TEST_CASE("bad region configs are refused") {
   TestDomain d;
-  Segment seg = make_segment(d);
+  Segment seg = Segment::create("large", opts(d, 8u << 20));
   PoolConfig c = region_config(LargeStrategy::buddy, 16);
   c.large_min_block = 3000;
   CHECK_THROWS_AS(BufferPool::create(seg, "a", c), Error);

@@ -38,12 +38,14 @@ using ipc::test::eventually;
 using ipc::test::make_board;
 using ipc::test::opts;
 using ipc::test::TestDomain;
+using ipc::test::kPromptMs;
+using ipc::test::ms_since;
+using ipc::test::str;
 
 using Clock = std::chrono::steady_clock;
 
 namespace {
 
-std::string str(QueueStatus s) { return to_string(s); }
 
 struct Pair {
   std::uint32_t producer;
@@ -73,7 +75,6 @@ bool intact(const Item& it) {
   return true;
 }
 
-double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
 }  // namespace
 
@@ -123,7 +124,7 @@ TEST_CASE("order holds over 5000 random pushes and interleaved pops against a re
   TestDomain d;
   Segment seg = Segment::create("model", opts(d, 2u << 20));
   auto q = PriorityQueue<std::uint64_t>::create(seg, "q", 1000);
-  unsigned seed = ipc::test::test_seed();
+  unsigned seed = ipc::test::seed();
   INFO("seed " << seed);
   std::mt19937 rng(seed);
   // Reference: (priority desc, seq asc) in a std::set.
@@ -165,7 +166,7 @@ TEST_CASE("bounded: try_push on a full queue fails, push_for and pop_for time ou
   CHECK(q.push_for(99, 100, 150ms) == QueueStatus::timed_out);
   double waited = ms_since(t0);
   CHECK(waited >= 150.0);
-  CHECK(waited < 2000.0);
+  CHECK_PROMPT(waited, kPromptMs);
   CHECK(q.push_for(99, 100, 0ms) == QueueStatus::timed_out);  // a past deadline: try once
 
   std::uint32_t v = 0;
@@ -177,7 +178,7 @@ TEST_CASE("bounded: try_push on a full queue fails, push_for and pop_for time ou
   CHECK(q.pop_for(v, 120ms) == QueueStatus::timed_out);
   waited = ms_since(t0);
   CHECK(waited >= 120.0);
-  CHECK(waited < 2000.0);
+  CHECK_PROMPT(waited, kPromptMs);
   CHECK(q.stats().wait_ns >= 270'000'000u);  // both timed waits are counted
   CHECK(q.stats().pushes == 4);
 }
@@ -258,7 +259,7 @@ TEST_CASE("3 producer and 2 consumer processes: every element received exactly o
     std::atomic<std::uint32_t> bad;
   };
   Board& b = make_board<Board>(seg);
-  const unsigned seed = ipc::test::test_seed();
+  const unsigned seed = ipc::test::seed();
   INFO("seed " << seed);
   Children kids{30s};
   std::vector<pid_t> pids;
@@ -534,11 +535,12 @@ int worker(const TestDomain& d, const char* segname, CrashBoard& b, unsigned see
 // invariants. Then drains the queue and accounts for every acknowledged id.
 void crash_rounds(const char* segname, std::uint32_t capacity, std::uint32_t prefill, int iterations,
                   bool kill_repairers, int max_delay_us) {
+  iterations = ipc::test::iterations(iterations);
   TestDomain d;
   Segment seg = Segment::create(segname, opts(d, 8u << 20));
   auto q = PriorityQueue<Item>::create(seg, "q", capacity);
   CrashBoard& b = make_board<CrashBoard>(seg);
-  const unsigned seed = ipc::test::test_seed();
+  const unsigned seed = ipc::test::seed();
   INFO("seed " << seed);
   std::mt19937 rng(seed);
   for (std::uint32_t i = 0; i < prefill; ++i) {
@@ -549,6 +551,7 @@ void crash_rounds(const char* segname, std::uint32_t capacity, std::uint32_t pre
   std::set<std::uint64_t> maybe_consumed;  // ids a killed pop had copied out (see below)
   Children kids{20s};
   int bad_checks = 0, rounds = 0, repairers_killed_running = 0;
+  double slowest_check_ms = 0;
   std::string first_problem;
   for (int it = 0; it < iterations && b.next_id.load() < kMaxIds - 200000; ++it, ++rounds) {
     b.started.store(0);
@@ -578,7 +581,9 @@ void crash_rounds(const char* segname, std::uint32_t capacity, std::uint32_t pre
     }
     auto t0 = Clock::now();
     std::optional<std::string> problem = q.check();  // repairs if the victim held the lock
-    CHECK(ms_since(t0) < 5000.0);                    // no hang
+    const double check_ms = ms_since(t0);
+    slowest_check_ms = std::max(slowest_check_ms, check_ms);
+    CHECK(check_ms < kPromptMs);  // no hang (the slowest is printed below)
     if (problem) {
       if (bad_checks++ == 0) first_problem = *problem;
     }
@@ -618,7 +623,8 @@ void crash_rounds(const char* segname, std::uint32_t capacity, std::uint32_t pre
   CHECK(rounds == iterations);  // the id space did not run out first
   if (kill_repairers) MESSAGE(repairers_killed_running << " repairers were killed before finishing");
   MESSAGE(rounds << " kills: " << st.repairs << " repairs, " << n << " ids, " << present.size()
-                     << " left in the queue, " << excused << " consumed by a pop killed before recording it");
+                     << " left in the queue, " << excused << " consumed by a pop killed before recording it; slowest check() "
+                     << slowest_check_ms << " ms");
   CHECK(torn == 0);
   CHECK(twice == 0);
   CHECK(order_violations == 0);
@@ -632,10 +638,62 @@ void crash_rounds(const char* segname, std::uint32_t capacity, std::uint32_t pre
 
 }  // namespace
 
-TEST_CASE("crash: 200 SIGKILLs at random moments of push/pop loops lose and duplicate nothing acknowledged") {
+TEST_CASE("crash: SIGKILLs at random moments of push/pop loops lose and duplicate nothing acknowledged") {
   crash_rounds("crash", 64, 32, 200, false, 3000);
 }
 
-TEST_CASE("crash: repairs killed at random moments are themselves repaired (60 rounds, 12000-element heap)") {
+TEST_CASE("crash: repairs killed at random moments are themselves repaired (12000-element heap)") {
   crash_rounds("crashrepair", 12000, 9000, 60, true, 5000);
+}
+
+// ---------------------------------------------------------------------------
+// kForever
+
+TEST_CASE("push_for(kForever) on a full queue and pop_for(kForever) on an empty one wait for another process") {
+  TestDomain d;
+  Segment seg = Segment::create("forever", opts(d));
+  auto q = PriorityQueue<std::uint64_t>::create(seg, "q", 2);
+  struct Board {
+    std::atomic<int> waiting;
+    std::atomic<std::int64_t> released_ns;  // set just before the other process's pop / push
+  };
+  Board& b = make_board<Board>(seg);
+  Children kids;
+  // The other process: ~200 ms after we start waiting, pops one (`pop`) or pushes 77.
+  auto later = [&](bool pop) {
+    b.waiting.store(0);
+    b.released_ns.store(0);
+    return kids.spawn([&, pop] {
+      Segment own = Segment::open("forever", {.domain = d.name()});
+      auto oq = PriorityQueue<std::uint64_t>::open(own, "q");
+      if (!eventually([&] { return b.waiting.load() != 0; })) return 1;
+      std::this_thread::sleep_for(200ms);
+      b.released_ns.store(ipc::test::now_ns());
+      std::uint64_t v = 0;
+      return (pop ? oq.try_pop(v) : oq.try_push(77, 1)) == QueueStatus::ok ? 0 : 2;
+    });
+  };
+
+  REQUIRE(q.try_push(1, 0) == QueueStatus::ok);
+  REQUIRE(q.try_push(2, 0) == QueueStatus::ok);
+  pid_t popper = later(true);
+  b.waiting.store(1);
+  QueueStatus st = q.push_for(3, 0, ipc::kForever);
+  std::int64_t returned_ns = ipc::test::now_ns();
+  CHECK_MESSAGE(st == QueueStatus::ok, "push_for(kForever) returned " << str(st));
+  CHECK_RETURNED_AFTER(b.released_ns.load(), returned_ns, "push_for(kForever)");
+  check_exit(kids.wait(popper), "popper");
+  CHECK(q.size() == 2);
+
+  std::uint64_t v = 0;
+  while (q.try_pop(v) == QueueStatus::ok) {
+  }
+  pid_t pusher = later(false);
+  b.waiting.store(1);
+  st = q.pop_for(v, ipc::kForever);
+  returned_ns = ipc::test::now_ns();
+  CHECK_MESSAGE(st == QueueStatus::ok, "pop_for(kForever) returned " << str(st));
+  CHECK_RETURNED_AFTER(b.released_ns.load(), returned_ns, "pop_for(kForever)");
+  CHECK(v == 77);
+  check_exit(kids.wait(pusher), "pusher");
 }

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -25,6 +26,11 @@
 using namespace ipc;
 using namespace std::chrono_literals;
 using ipc::test::TestDomain;
+using ipc::test::kPromptMs;
+using ipc::test::ms_between;
+using ipc::test::ms_since;
+using ipc::test::spin;
+using ipc::test::str;
 using ipc::test::opts;
 using ipc::test::now_ns;
 
@@ -42,23 +48,10 @@ Semaphore& make_sem(Segment& seg, std::uint32_t initial, const char* name = "sem
   return seg.find_or_create<Semaphore>(name, ObjectType::semaphore, initial);
 }
 
-
-
-double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
-double ms_between(std::int64_t from_ns, std::int64_t to_ns) { return static_cast<double>(to_ns - from_ns) / 1e6; }
-
-// doctest prints a const char* as a pointer.
-std::string str(SemaphoreResult r) { return to_string(r); }
 std::string str_code(int result_plus_one) {
   return result_plus_one == 0 ? std::string("(none)")
                               : std::string(to_string(static_cast<SemaphoreResult>(result_plus_one - 1)));
 }
-
-void spin(unsigned n) {
-  for (unsigned i = 0; i < n; ++i) asm volatile("" ::: "memory");
-}
-
-
 
 // A child that acquires `n` owned permits and holds them until `release`
 // is set (then releases them) or until it is SIGKILLed.
@@ -172,24 +165,24 @@ TEST_CASE("try_wait and try_acquire on 0 fail at once, wait_for and acquire_for 
   CHECK_FALSE(s.try_acquire());
   CHECK(s.wait_for(0ns) == SemaphoreResult::timed_out);
   CHECK(s.acquire_for(-1s) == SemaphoreResult::timed_out);
-  CHECK(ms_since(t0) < 1000.0);
+  CHECK_PROMPT(ms_since(t0), kPromptMs);
 
   t0 = Clock::now();
   CHECK(s.wait_for(100ms) == SemaphoreResult::timed_out);
   double ms = ms_since(t0);
   CHECK(ms >= 90.0);
-  CHECK(ms < 3000.0);
+  CHECK_PROMPT(ms, kPromptMs);
   t0 = Clock::now();
   CHECK(s.acquire_for(100ms) == SemaphoreResult::timed_out);
   ms = ms_since(t0);
   CHECK(ms >= 90.0);
-  CHECK(ms < 3000.0);
+  CHECK_PROMPT(ms, kPromptMs);
   // Across several liveness slices (each ends in a reclaim_dead()).
   t0 = Clock::now();
   CHECK(s.acquire_for(Mutex::kLivenessSlice * 3 + 50ms) == SemaphoreResult::timed_out);
   ms = ms_since(t0);
   CHECK(ms >= 340.0);
-  CHECK(ms < 3000.0);
+  CHECK_PROMPT(ms, kPromptMs);
   CHECK(s.available() == 0);
   CHECK(s.held_by_me() == 0);
 
@@ -229,7 +222,7 @@ TEST_CASE("a waiter blocked in wait_for is woken by a post from another process"
   s.post();
   check_exit(kids.wait(waiter));
   CHECK(b.result.load() == static_cast<int>(SemaphoreResult::acquired) + 1);
-  CHECK(ms_between(posted_ns, b.got_ns.load()) < 3000.0);
+  CHECK_PROMPT(ms_between(posted_ns, b.got_ns.load()), kPromptMs);
   CHECK(s.available() == 0);
 }
 
@@ -316,9 +309,9 @@ TEST_CASE("a holder of 2 permits SIGKILLed: a waiter blocked in acquire_for gets
   std::int64_t killed_ns = now_ns();
   kids.kill(holder);
   REQUIRE(eventually([&] { return b.result.load() != 0; }));
-  INFO("waiter got " << str_code(b.result.load()) << " after " << ms_between(killed_ns, b.got_ns.load()) << " ms");
+  INFO("waiter got " << str_code(b.result.load()));
   CHECK(b.result.load() == static_cast<int>(SemaphoreResult::acquired) + 1);
-  CHECK(ms_between(killed_ns, b.got_ns.load()) < 3000.0);
+  CHECK_PROMPT(ms_between(killed_ns, b.got_ns.load()), kPromptMs);
   CHECK(b.held_by_waiter.load() == 1);
   CHECK(s.available() == 1);  // 2 permits, 1 held by the waiter
   CHECK(s.reclaim_dead() == 0);  // already reclaimed
@@ -359,7 +352,7 @@ TEST_CASE("a waiter blocked in wait_for also gets a permit freed by a SIGKILLed 
   kids.kill(holder);
   check_exit(kids.wait(waiter));
   CHECK(b.result.load() == static_cast<int>(SemaphoreResult::acquired) + 1);
-  CHECK(ms_between(killed_ns, b.got_ns.load()) < 3000.0);
+  CHECK_PROMPT(ms_between(killed_ns, b.got_ns.load()), kPromptMs);
   CHECK(s.available() == 0);  // the permit came back and was consumed as a signal
   CHECK(s.reclaim_dead() == 0);
 }
@@ -414,10 +407,10 @@ TEST_CASE("acquire() returns no_slot when all holder slots belong to live proces
 
   auto t0 = Clock::now();
   CHECK_FALSE(s.try_acquire());
-  SemaphoreResult r = s.acquire_for(2s);
+  SemaphoreResult r = s.acquire_for(60s);  // far longer than the bound below
   INFO("acquire_for returned " << str(r));
   CHECK(r == SemaphoreResult::no_slot);
-  CHECK(ms_since(t0) < 1000.0);  // reported at once, not after the timeout
+  CHECK_PROMPT(ms_since(t0), kPromptMs);  // reported at once, not after the timeout
   CHECK(s.held_by_me() == 0);
   CHECK(s.available() == 100 - Semaphore::kMaxHolders);
   // Signals need no slot.
@@ -504,12 +497,12 @@ TEST_CASE("holders SIGKILLed at random points in acquire/release cycles: reclaim
   constexpr std::uint32_t kInitial = 3;
   Semaphore& s = make_sem(seg, kInitial);
   RandomBoard& b = make_board<RandomBoard>(seg);
-  const unsigned seed = test::test_seed();
-  MESSAGE("seed " << seed);
+  const unsigned seed = test::seed();
   INFO("seed " << seed);
   std::mt19937 rng(seed);
 
-  constexpr int kIterations = 80;
+  const int kIterations = test::iterations(80);
+  double max_reclaim_ms = 0;
   int holds = 0;
   std::uint32_t reclaimed_total = 0;
   Children kids;
@@ -541,7 +534,9 @@ TEST_CASE("holders SIGKILLed at random points in acquire/release cycles: reclaim
     auto t0 = Clock::now();
     std::uint32_t reclaimed = s.reclaim_dead();
     reclaimed_total += reclaimed;
-    CHECK(ms_since(t0) < 3000.0);
+    const double reclaim_ms = ms_since(t0);
+    max_reclaim_ms = std::max(max_reclaim_ms, reclaim_ms);
+    CHECK(reclaim_ms < kPromptMs);
     if (hold) CHECK(reclaimed == 2);
     CHECK(reclaimed <= 4);
     CHECK(s.available() == kInitial);
@@ -555,7 +550,61 @@ TEST_CASE("holders SIGKILLed at random points in acquire/release cycles: reclaim
     if (s.available() != kInitial || b.errors.load() != 0) break;
   }
   MESSAGE("iterations " << kIterations << ": " << holds << " deliberate holds, " << reclaimed_total
-                        << " permits reclaimed, " << b.cycles.load() << " acquire/release cycles");
+                        << " permits reclaimed, " << b.cycles.load() << " acquire/release cycles; slowest reclaim_dead() "
+                        << max_reclaim_ms << " ms");
   CHECK(s.available() == kInitial);
   CHECK(s.held_by_me() == 0);
+}
+
+// ---------------------------------------------------------------------------
+// kForever
+
+TEST_CASE("wait_for(kForever) and acquire_for(kForever) block until another process posts or releases") {
+  TestDomain d;
+  Segment seg = Segment::create("forever", opts(d));
+  struct Board {
+    std::atomic<int> holding, waiting;
+    std::atomic<std::int64_t> released_ns;  // set just before the post / release
+  };
+  Children kids;
+
+  SUBCASE("wait_for: a post from another process") {
+    Semaphore& s = make_sem(seg, 0, "signal");
+    Board& b = make_board<Board>(seg, "signal_board");
+    pid_t poster = kids.spawn([&] {
+      if (!eventually([&] { return b.waiting.load() != 0; })) return 1;
+      std::this_thread::sleep_for(200ms);
+      b.released_ns.store(now_ns());
+      s.post();
+      return 0;
+    });
+    b.waiting.store(1);
+    SemaphoreResult r = s.wait_for(ipc::kForever);
+    const std::int64_t returned_ns = now_ns();
+    CHECK_MESSAGE(r == SemaphoreResult::acquired, "wait_for(kForever) returned " << str(r));
+    CHECK_RETURNED_AFTER(b.released_ns.load(), returned_ns, "wait_for(kForever)");
+    CHECK(s.available() == 0);
+    check_exit(kids.wait(poster), "poster");
+  }
+  SUBCASE("acquire_for: the owned permit another process holds") {
+    Semaphore& s = make_sem(seg, 1, "owned");
+    Board& b = make_board<Board>(seg, "owned_board");
+    pid_t holder = kids.spawn([&] {
+      if (s.acquire() != SemaphoreResult::acquired) return 1;
+      b.holding.store(1);
+      if (!eventually([&] { return b.waiting.load() != 0; })) return 2;
+      std::this_thread::sleep_for(200ms);
+      b.released_ns.store(now_ns());
+      return s.release() ? 0 : 3;
+    });
+    REQUIRE(eventually([&] { return b.holding.load() != 0; }));
+    b.waiting.store(1);
+    SemaphoreResult r = s.acquire_for(ipc::kForever);
+    const std::int64_t returned_ns = now_ns();
+    CHECK_MESSAGE(r == SemaphoreResult::acquired, "acquire_for(kForever) returned " << str(r));
+    CHECK_RETURNED_AFTER(b.released_ns.load(), returned_ns, "acquire_for(kForever)");
+    CHECK(s.held_by_me() == (r == SemaphoreResult::acquired ? 1u : 0u));
+    if (r == SemaphoreResult::acquired) CHECK(s.release());
+    check_exit(kids.wait(holder), "holder");
+  }
 }

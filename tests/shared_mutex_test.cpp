@@ -28,6 +28,11 @@
 using namespace ipc;
 using namespace std::chrono_literals;
 using ipc::test::TestDomain;
+using ipc::test::kPromptMs;
+using ipc::test::ms_between;
+using ipc::test::ms_since;
+using ipc::test::spin;
+using ipc::test::str;
 using ipc::test::opts;
 using ipc::test::now_ns;
 using ipc::test::Children;
@@ -45,26 +50,11 @@ SharedMutex& make_rw(Segment& seg, const char* name = "rw") {
   return seg.find_or_create<SharedMutex>(name, ObjectType::shared_mutex);
 }
 
-
-
-double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
-double ms_between(std::int64_t from_ns, std::int64_t to_ns) { return static_cast<double>(to_ns - from_ns) / 1e6; }
-
-// doctest prints a const char* as a pointer; LockResult names as strings.
-std::string str(LockResult r) { return to_string(r); }
-
 double cpu_ms() {
   timespec ts{};
   ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6;
 }
-
-// Work the optimiser cannot remove, to widen read-modify-write windows.
-void spin(unsigned n) {
-  for (unsigned i = 0; i < n; ++i) asm volatile("" ::: "memory");
-}
-
-
 
 // A child that holds the lock (exclusive or shared) until `release` is set.
 struct HoldBoard {
@@ -243,24 +233,24 @@ TEST_CASE("try_lock_shared and timed variants time out while another process hol
   CHECK(m.try_lock_shared_for(100ms) == LockResult::timed_out);
   double ms = ms_since(t0);
   CHECK(ms >= 90.0);
-  CHECK(ms < 3000.0);
+  CHECK_PROMPT(ms, kPromptMs);
   t0 = Clock::now();
   CHECK(m.try_lock_for(100ms) == LockResult::timed_out);
   ms = ms_since(t0);
   CHECK(ms >= 90.0);
-  CHECK(ms < 3000.0);
+  CHECK_PROMPT(ms, kPromptMs);
   // Longer than a few liveness slices: a live writer is never "recovered".
   t0 = Clock::now();
   CHECK(m.try_lock_shared_for(Mutex::kLivenessSlice * 3 + 50ms) == LockResult::timed_out);
   ms = ms_since(t0);
   CHECK(ms >= 340.0);
-  CHECK(ms < 3000.0);
+  CHECK_PROMPT(ms, kPromptMs);
   // Zero and negative timeouts: try once.
   t0 = Clock::now();
   CHECK(m.try_lock_shared_for(0ns) == LockResult::timed_out);
   CHECK(m.try_lock_shared_for(-1s) == LockResult::timed_out);
   CHECK(m.try_lock_for(-1s) == LockResult::timed_out);
-  CHECK(ms_since(t0) < 1000.0);
+  CHECK_PROMPT(ms_since(t0), kPromptMs);
   CHECK(m.readers() == 0);
 
   b.release.store(1);
@@ -286,20 +276,20 @@ TEST_CASE("try_lock and try_lock_for time out while another process holds a read
   CHECK(m.try_lock_for(100ms) == LockResult::timed_out);
   double ms = ms_since(t0);
   CHECK(ms >= 90.0);
-  CHECK(ms < 3000.0);
+  CHECK_PROMPT(ms, kPromptMs);
   // Several liveness slices: the live reader's slot must not be reclaimed.
   t0 = Clock::now();
   CHECK(m.try_lock_for(Mutex::kLivenessSlice * 3 + 50ms) == LockResult::timed_out);
   ms = ms_since(t0);
   CHECK(ms >= 340.0);
-  CHECK(ms < 3000.0);
+  CHECK_PROMPT(ms, kPromptMs);
   CHECK(m.readers() == 1);
   // The writer that gave up does not hold readers off, and other readers share.
   t0 = Clock::now();
   CHECK(m.try_lock_shared() == LockResult::acquired);
   CHECK(m.readers() == 2);
   m.unlock_shared();
-  CHECK(ms_since(t0) < 1000.0);
+  CHECK_PROMPT(ms_since(t0), kPromptMs);
   pid_t probe = kids.spawn([&] {
     if (m.try_lock_shared_for(2s) != LockResult::acquired) return 1;
     if (m.readers() != 2) return 2;
@@ -353,7 +343,7 @@ TEST_CASE("a writer waiting for readers to drain holds off new readers, then get
   check_exit(kids.wait(reader), "reader");
   check_exit(kids.wait(writer), "writer");
   CHECK(wb.result.load() == static_cast<int>(LockResult::acquired) + 1);
-  CHECK(ms_between(released_ns, wb.got_ns.load()) < 3000.0);
+  CHECK_PROMPT(ms_between(released_ns, wb.got_ns.load()), kPromptMs);
   CHECK(m.try_lock_shared_for(2s) == LockResult::acquired);
   m.unlock_shared();
 }
@@ -377,11 +367,11 @@ TEST_CASE("a reader process SIGKILLed holding a read lock does not block a write
   CHECK(m.readers() == 1);  // nobody has noticed yet
 
   auto t0 = Clock::now();
-  LockResult r = m.try_lock_for(10s);
+  LockResult r = m.try_lock_for(30s);
   double ms = ms_since(t0);
-  INFO("writer got " << str(r) << " after " << ms << " ms");
+  INFO("writer got " << str(r));
   CHECK(r == LockResult::acquired);  // a dead reader corrupts nothing: no owner_died
-  CHECK(ms < 2000.0);                // a few liveness slices
+  CHECK_PROMPT(ms, kPromptMs);       // a few liveness slices
   CHECK(m.readers() == 0);
   if (owns(r)) m.unlock();
   CHECK(m.try_lock_shared() == LockResult::acquired);
@@ -418,8 +408,8 @@ TEST_CASE("a writer blocked on a reader is released when the reader process is S
   check_exit(kids.wait(writer), "writer");
   CHECK(b.result.load() == static_cast<int>(LockResult::acquired) + 1);
   double ms = ms_between(killed_ns, b.got_ns.load());
-  INFO("writer got the lock " << ms << " ms after the kill");
-  CHECK(ms < 2000.0);
+  INFO("writer got the lock after the kill");
+  CHECK_PROMPT(ms, kPromptMs);
   CHECK(m.readers() == 0);
 }
 
@@ -443,14 +433,14 @@ TEST_CASE("of two reader processes, the dead one is reclaimed but the live one k
   CHECK(m.try_lock_for(Mutex::kLivenessSlice * 4) == LockResult::timed_out);
   double ms = ms_since(t0);
   CHECK(ms >= 390.0);
-  CHECK(ms < 3000.0);
+  CHECK_PROMPT(ms, kPromptMs);
   CHECK(m.readers() >= 1);  // the live reader's lock is never taken away
 
   b.live.release.store(1);
   check_exit(kids.wait(live), "live reader");
   t0 = Clock::now();
-  CHECK(m.try_lock_for(10s) == LockResult::acquired);
-  CHECK(ms_since(t0) < 2000.0);
+  CHECK(m.try_lock_for(30s) == LockResult::acquired);
+  CHECK_PROMPT(ms_since(t0), kPromptMs);
   CHECK(m.readers() == 0);
   m.unlock();
 }
@@ -507,7 +497,7 @@ TEST_CASE("a writer SIGKILLed holding the lock: sleeping readers get owner_died,
     INFO("reader " << i);
     CHECK(b.results[i].load() == static_cast<int>(LockResult::owner_died) + 1);
     CHECK(b.saw_torn[i].load() == 1);
-    CHECK(ms_between(killed_ns, b.got_ns[i].load()) < 3000.0);
+    CHECK_PROMPT(ms_between(killed_ns, b.got_ns[i].load()), kPromptMs);
   }
   CHECK(m.readers() == 0);
 
@@ -562,8 +552,8 @@ TEST_CASE("a dead writer's lock stays owner_died (never not_recoverable) until a
   kids.kill(writer);
 
   auto t0 = Clock::now();
-  CHECK(m.try_lock_for(5s) == LockResult::owner_died);
-  CHECK(ms_since(t0) < 2000.0);
+  CHECK(m.try_lock_for(30s) == LockResult::owner_died);
+  CHECK_PROMPT(ms_since(t0), kPromptMs);
   CHECK(m.writer_info().owner_pid == static_cast<std::uint32_t>(::getpid()));
   m.unlock();  // without mark_consistent
   CHECK(m.try_lock_shared_for(2s) == LockResult::owner_died);
@@ -652,12 +642,11 @@ TEST_CASE("writers and readers SIGKILLed at random points: invariant holds, noth
   Segment seg = Segment::create("random", opts(d));
   SharedMutex& m = make_rw(seg);
   RandomBoard& s = make_board<RandomBoard>(seg);
-  const unsigned seed = test::test_seed();
-  MESSAGE("seed " << seed);
+  const unsigned seed = test::seed();
   INFO("seed " << seed);
   std::mt19937 rng(seed);
 
-  constexpr int kIterations = 60;
+  const int kIterations = test::iterations(60);
   int owner_died = 0, torn = 0, holds = 0;
   double worst_ms = 0;
   Children kids;
@@ -691,11 +680,11 @@ TEST_CASE("writers and readers SIGKILLed at random points: invariant holds, noth
     if (!writer_first && writer) kids.kill(writer);
 
     auto t0 = Clock::now();
-    LockResult r = m.try_lock_for(10s);
+    LockResult r = m.try_lock_for(30s);
     double ms = ms_since(t0);
     worst_ms = std::max(worst_ms, ms);
     REQUIRE_MESSAGE(owns(r), "lock after the kills returned " << str(r) << " after " << ms << " ms");
-    CHECK(ms < 5000.0);
+    CHECK(ms < kPromptMs);  // the slowest is printed below
     CHECK(m.readers() == 0);  // every reader is dead: their counts were reclaimed
     if (hold) CHECK(r == LockResult::owner_died);
     if (r == LockResult::owner_died) {
@@ -748,14 +737,14 @@ TEST_CASE("reader slots: with all slots held by live readers a new reader times 
   double ms = ms_since(t0);
   double cpu = cpu_ms() - cpu0;
   CHECK(ms >= 290.0);
-  CHECK(ms < 3000.0);
+  CHECK_PROMPT(ms, kPromptMs);
   MESSAGE("waiting " << ms << " ms for a reader slot used " << cpu << " ms of CPU");
 
   kids.kill(pids[0]);
   t0 = Clock::now();
-  LockResult r = m.try_lock_shared_for(5s);
+  LockResult r = m.try_lock_shared_for(30s);
   CHECK(r == LockResult::acquired);
-  CHECK(ms_since(t0) < 2000.0);
+  CHECK_PROMPT(ms_since(t0), kPromptMs);
   CHECK(m.readers() == static_cast<std::uint32_t>(SharedMutex::kReaderSlots));  // 31 children + this process
   if (owns(r)) m.unlock_shared();
 
@@ -788,13 +777,12 @@ TEST_CASE("reader slots: live processes that released their read locks do not us
 
   double cpu0 = cpu_ms();
   auto t0 = Clock::now();
-  LockResult r = m.try_lock_shared_for(1s);
+  LockResult r = m.try_lock_shared_for(60s);  // far longer than the bound below
   double ms = ms_since(t0);
-  INFO("try_lock_shared_for(1s) with no read lock held anywhere returned " << str(r) << " after " << ms
-                                                                          << " ms, using " << cpu_ms() - cpu0
-                                                                          << " ms of CPU");
+  INFO("try_lock_shared_for(60s) with no read lock held anywhere returned " << str(r) << ", using "
+                                                                           << cpu_ms() - cpu0 << " ms of CPU");
   CHECK(r == LockResult::acquired);
-  CHECK(ms < 500.0);
+  CHECK_PROMPT(ms, kPromptMs);
   if (owns(r)) m.unlock_shared();
   b.release.store(1);
   for (pid_t p : pids) check_exit(kids.wait(p));
@@ -915,4 +903,59 @@ TEST_CASE("a thread that exits holding a read lock leaves it held while its proc
   CHECK(m.readers() == 0);
   CHECK(m.try_lock() == LockResult::acquired);
   m.unlock();
+}
+
+// ---------------------------------------------------------------------------
+// kForever
+
+TEST_CASE("try_lock_for(kForever) and try_lock_shared_for(kForever) block until the other process unlocks") {
+  TestDomain d;
+  Segment seg = Segment::create("forever", opts(d));
+  SharedMutex& m = make_rw(seg);
+  struct Board {
+    std::atomic<int> holding, waiting;
+    std::atomic<std::int64_t> released_ns;  // set just before the unlock
+  };
+  Board& b = make_board<Board>(seg);
+  Children kids;
+  // The other process holds the lock in the mode that excludes ours
+  // (`exclusive`), releases it ~200 ms after we start waiting.
+  auto holder = [&](bool exclusive) {
+    return kids.spawn([&, exclusive] {
+      LockResult r = exclusive ? m.lock() : m.lock_shared();
+      if (r != LockResult::acquired) return 1;
+      b.holding.store(1);
+      if (!eventually([&] { return b.waiting.load() != 0; })) return 2;
+      std::this_thread::sleep_for(200ms);
+      b.released_ns.store(now_ns());
+      if (exclusive)
+        m.unlock();
+      else
+        m.unlock_shared();
+      return 0;
+    });
+  };
+  SUBCASE("try_lock_for(kForever) waits for a reader") {
+    pid_t p = holder(false);
+    REQUIRE(eventually([&] { return b.holding.load() != 0; }));
+    b.waiting.store(1);
+    LockResult r = m.try_lock_for(ipc::kForever);
+    const std::int64_t returned_ns = now_ns();
+    CHECK_MESSAGE(r == LockResult::acquired, "try_lock_for(kForever) returned " << str(r));
+    CHECK_RETURNED_AFTER(b.released_ns.load(), returned_ns, "try_lock_for(kForever)");
+    if (owns(r)) m.unlock();
+    check_exit(kids.wait(p), "reader");
+  }
+  SUBCASE("try_lock_shared_for(kForever) waits for a writer") {
+    pid_t p = holder(true);
+    REQUIRE(eventually([&] { return b.holding.load() != 0; }));
+    b.waiting.store(1);
+    LockResult r = m.try_lock_shared_for(ipc::kForever);
+    const std::int64_t returned_ns = now_ns();
+    CHECK_MESSAGE(r == LockResult::acquired, "try_lock_shared_for(kForever) returned " << str(r));
+    CHECK_RETURNED_AFTER(b.released_ns.load(), returned_ns, "try_lock_shared_for(kForever)");
+    if (owns(r)) m.unlock_shared();
+    check_exit(kids.wait(p), "writer");
+  }
+  CHECK(m.readers() == 0);
 }
