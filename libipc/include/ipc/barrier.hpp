@@ -30,7 +30,7 @@
 // the lock → step 4 of the others notices it within one slice.
 // After a break, reset() (by a survivor) clears dead slots, arrivals and the
 // broken state and bumps epoch_; survivors and replacements then join() again
-// as needed. A participant is a (pid, tid, start time): a slot is found by
+// as needed. A participant is a (pid, tid, identity token): a slot is found by
 // all three, and counts as dead when its thread exited (tgkill → ESRCH) or
 // its process did.
 #pragma once

@@ -27,7 +27,7 @@
 //   line 4   space_waiters (blocking publishers asleep)
 //   Event data, Event space
 //   SubscriberSlot[max_subscribers] (64 B each): owner (pid << 32 |
-//            generation << 1 | active), token (start time), cursor (next
+//            generation << 1 | active), token (identity, detail/process.hpp), cursor (next
 //            position to read), received, missed
 //   slots    capacity × slot_bytes; a committed message at position p is
 //            (p, full) in slot p mod capacity until position p + capacity

@@ -57,7 +57,9 @@
 // consumer killed in C1–C4 loses only the message it had taken. Committed
 // messages are never lost or duplicated. Liveness uses the pid (the slot
 // word has no room for a start time): a recycled pid delays recovery until
-// that process exits or reclaim(pid) is called; it never causes a wrong one.
+// that process exits or reclaim(pid) is called; it never causes a wrong one
+// (in a domain spanning PID namespaces, detail/process.hpp says how a bare
+// pid is judged).
 // A death in a sleep leaves a waiter count one high: a spare notify per
 // message, nothing worse. Counters (sends, …) are statistics only.
 //

@@ -124,7 +124,7 @@ class alignas(64) Event {
   friend class EventListener;
   struct Slot {
     std::atomic<std::uint64_t> owner;    // pid << 32 | generation << 2 | state
-    std::atomic<std::uint64_t> token;    // process identity (detail::process_token)
+    std::atomic<std::uint64_t> token;    // process identity (detail::self_token)
     std::atomic<std::uint64_t> address;  // abstract socket name suffix
     std::atomic<std::uint32_t> armed_gen;
     std::atomic<std::uint32_t> sent_gen;

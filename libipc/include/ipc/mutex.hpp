@@ -18,7 +18,8 @@
 // was unmapped stops the walk; > 2048 held locks; the list head clobbered):
 // blocked lockers wait in slices of kLivenessSlice. After each slice a waiter
 // reads the owner record; if the lock word still holds the recorded tid and
-// that process is provably dead (pid gone, zombie, or a different start time:
+// that process is provably dead (its identity token released, or, without the
+// liveness file, pid gone, zombie, or a different start time:
 // detail::process_liveness), it does what the kernel would have done: CAS the
 // word from the observed value to (WAITERS | OWNER_DIED) and wake one waiter.
 // Exactly one CAS wins. An owner whose liveness is unknown counts as alive.

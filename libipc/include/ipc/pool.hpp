@@ -30,7 +30,7 @@
 //            popped, owner not yet written). The generation makes every claim
 //            distinct: a handle carries it, and a stale handle (freed,
 //            reclaimed, re-allocated) is detected.
-//   token    owner's process start time (pid-reuse guard for reclaim_dead)
+//   token    owner's identity token (detail/process.hpp: liveness, immune to pid reuse)
 //   holders  kMaxHolders 32-bit holder ids (pids), for attribution;
 //   refmask  bit k set = holders[k] is a counted reference. The allocator is
 //            holder 0 (refmask 1). retain(): reserve a slot (CAS 0 → id), then
@@ -429,7 +429,7 @@ class BufferPool {
   // this on client death). Returns how many buffers were freed. Recomputes
   // the counters. Do not call it for a live process.
   std::uint32_t reclaim(std::uint32_t pid) noexcept;
-  // reclaim() for every owner/holder that is provably dead (pid + start time).
+  // reclaim() for every owner/holder that is provably dead (identity token; detail/process.hpp).
   std::uint32_t reclaim_dead() noexcept;
   // Recomputes every counter from the descriptors (reclaim does it too).
   // Exact when nothing allocates or frees meanwhile.

@@ -22,7 +22,7 @@
 //     writes base_/held first and available_ last).
 //   * dies holding owned permits: a sleeper that waited a liveness slice
 //     (Mutex::kLivenessSlice), or any reclaim_dead() call, frees its slot and
-//     wakes waiters. Detection uses pid + start time (detail/process.hpp).
+//     wakes waiters. Detection uses the identity token (detail/process.hpp).
 //   * dies while sleeping: leaves the waiters_ hint one high (a spare wake).
 // Threads of one process share that process's slot: a thread that exits
 // holding owned permits does not give them back (the process is alive).

@@ -18,7 +18,7 @@
 //                 claiming and reclaiming are single CASes (no kill point
 //                 between "take the slot" and "fix its count").
 //
-// Finding my slot: owner == my pid *and* token == my start time. A slot with
+// Finding my slot: owner == my pid *and* token == my identity token. A slot with
 // my pid and another token belongs to a dead process whose pid I reuse.
 // Claiming: C1 CAS word 0 → (pid|kClaiming, 0); C2 token = mine; C3 word =
 // (pid, 0) (release). A reader of the slot loads the word (acquire) before the
@@ -49,7 +49,7 @@
 //     returns owner_died until a writer repairs the data and calls
 //     mark_consistent() — never silently reused.
 //   * a reader process dies holding read locks: a draining writer drops its
-//     slot after one slice (pid + start-time liveness check).
+//     slot after one slice (identity-token liveness check).
 //   * a thread exits holding a read lock while its process lives on: the lock
 //     stays held until the process exits (slots are per process).
 // The slot table holds kReaderSlots processes *holding read locks* at once:
