@@ -96,10 +96,10 @@ inline void ratio(const char* bench, const std::string& metric, double ours, dou
 // interrupted or hung benchmark never leaves anything in /dev/shm.
 namespace cleanup {
 inline char g_name[32] = "bench";
-inline char g_paths[8][512];                 // unlinked on exit
-inline volatile sig_atomic_t g_child = 0;    // pid of the running child, killed on error
-inline volatile sig_atomic_t g_is_child = 0; // set in the child: it leaves cleanup to the parent
-inline void (*g_on_die)() = nullptr;         // extra step before a fatal exit (e.g. flag failure)
+inline char g_paths[8][512];                  // unlinked on exit
+inline volatile sig_atomic_t g_child = 0;     // pid of the running child, killed on error
+inline volatile sig_atomic_t g_is_child = 0;  // set in the child: it leaves cleanup to the parent
+inline void (*g_on_die)() = nullptr;          // extra step before a fatal exit (e.g. flag failure)
 
 inline void now() {
   if (g_is_child) return;
@@ -171,7 +171,8 @@ inline void reap(pid_t pid) {
   }
   ::alarm(0);
   g_child = 0;
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) die("child process failed (status " + std::to_string(status) + ")");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    die("child process failed (status " + std::to_string(status) + ")");
 }
 
 // After a normal unlink: nothing left to clean.

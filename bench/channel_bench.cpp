@@ -232,16 +232,11 @@ enum ErrorCode : std::uint32_t {
 };
 const char* error_text(std::uint32_t e) {
   switch (e) {
-    case kErrPayload:
-      return "payload mismatch";
-    case kErrNoBuffer:
-      return "handle message without a buffer (or a lost buffer)";
-    case kErrSend:
-      return "send failed";
-    case kErrSequence:
-      return "out-of-order sequence number";
-    default:
-      return "unknown";
+    case kErrPayload: return "payload mismatch";
+    case kErrNoBuffer: return "handle message without a buffer (or a lost buffer)";
+    case kErrSend: return "send failed";
+    case kErrSequence: return "out-of-order sequence number";
+    default: return "unknown";
   }
 }
 void child_error(State* st, std::uint32_t code) {
@@ -376,8 +371,7 @@ PingRep pingpong_rep(const Handles& hd, State* st, const std::vector<PingKind>& 
               st->fx_to_parent.v.fetch_add(1, std::memory_order_release);
               futex(&st->fx_to_parent.v, FUTEX_WAKE, 1);
               break;
-            default:
-              break;
+            default: break;
           }
         }
       }
@@ -433,8 +427,7 @@ PingRep pingpong_rep(const Handles& hd, State* st, const std::vector<PingKind>& 
               futex(&st->fx_to_parent.v, FUTEX_WAIT, seen);
             break;
           }
-          default:
-            break;
+          default: break;
         }
         const double t1 = bench::now_ns();
         if (b >= warmup_blocks && r > 1) rt[kind].push_back(t1 - t0);
@@ -456,10 +449,8 @@ PingRep pingpong_rep(const Handles& hd, State* st, const std::vector<PingKind>& 
 
 enum Side { kOurs = 0, kBoostSpscSide = 1, kBoostMq = 2, kUdsSeq = 3, kUdsStream = 4, kSides = 5 };
 constexpr const char* kSideName[kSides] = {
-    "ours: SPSC channel (try_send/try_receive spin)",
-    "boost::lockfree::spsc_queue in shm (spin)",
-    "boost::interprocess::message_queue (blocking)",
-    "Unix socketpair SOCK_SEQPACKET",
+    "ours: SPSC channel (try_send/try_receive spin)", "boost::lockfree::spsc_queue in shm (spin)",
+    "boost::interprocess::message_queue (blocking)",  "Unix socketpair SOCK_SEQPACKET",
     "Unix socketpair SOCK_STREAM (64 B writes)",
 };
 
@@ -467,11 +458,13 @@ struct TputObjects {
   ipc::Segment* seg;
   BoostSpsc* spsc;
   bip::message_queue* mq;
-  int seq_fd[2];     // [0] parent reads, [1] child writes
+  int seq_fd[2];  // [0] parent reads, [1] child writes
   int stream_fd[2];
 };
 
-[[noreturn]] [[gnu::noinline]] void sys_failed(const char* what) { die(std::string(what) + ": " + std::strerror(errno)); }
+[[noreturn]] [[gnu::noinline]] void sys_failed(const char* what) {
+  die(std::string(what) + ": " + std::strerror(errno));
+}
 
 void produce(Side side, const TputObjects& o, ipc::Channel& ch, std::uint64_t first, long n) {
   std::array<char, kMsg> msg{};
@@ -479,23 +472,18 @@ void produce(Side side, const TputObjects& o, ipc::Channel& ch, std::uint64_t fi
   for (long i = 0; i < n; ++i) {
     fill64(bytes, first + static_cast<std::uint64_t>(i));
     switch (side) {
-      case kOurs:
-        send_spin(ch, std::span<const std::byte>(bytes, kMsg), "throughput");
-        break;
+      case kOurs: send_spin(ch, std::span<const std::byte>(bytes, kMsg), "throughput"); break;
       case kBoostSpscSide:
         while (!o.spsc->push(msg)) cpu_relax();
         break;
-      case kBoostMq:
-        o.mq->send(msg.data(), kMsg, 0);
-        break;
+      case kBoostMq: o.mq->send(msg.data(), kMsg, 0); break;
       case kUdsSeq:
         if (::send(o.seq_fd[1], msg.data(), kMsg, 0) != static_cast<ssize_t>(kMsg)) sys_failed("send (seqpacket)");
         break;
       case kUdsStream:
         if (::write(o.stream_fd[1], msg.data(), kMsg) != static_cast<ssize_t>(kMsg)) sys_failed("write (stream)");
         break;
-      default:
-        break;
+      default: break;
     }
   }
 }
@@ -516,7 +504,8 @@ long consume(Side side, State* st, const TputObjects& o, ipc::Channel& ch, std::
       have += static_cast<std::size_t>(r);
       std::size_t off = 0;
       for (; have - off >= kMsg; off += kMsg, ++got)
-        if (!check64(reinterpret_cast<const std::byte*>(buf.data() + off), first + static_cast<std::uint64_t>(got))) ++bad;
+        if (!check64(reinterpret_cast<const std::byte*>(buf.data() + off), first + static_cast<std::uint64_t>(got)))
+          ++bad;
       std::memmove(buf.data(), buf.data() + off, have - off);
       have -= off;
     }
@@ -548,8 +537,7 @@ long consume(Side side, State* st, const TputObjects& o, ipc::Channel& ch, std::
       case kUdsSeq:
         if (::recv(o.seq_fd[0], msg.data(), kMsg, 0) != static_cast<ssize_t>(kMsg)) sys_failed("recv (seqpacket)");
         break;
-      default:
-        break;
+      default: break;
     }
     if (!check64(p, first + static_cast<std::uint64_t>(i))) ++bad;
   }
@@ -633,7 +621,7 @@ inline double thread_cpu_ns() {
 struct BroadcastRep {
   double cpu_ns_per_publish;   // publisher thread CPU time / n
   double wall_ns_per_publish;  // wall time / n (includes preemption)
-  std::uint64_t received;  // summed over subscribers
+  std::uint64_t received;      // summed over subscribers
   std::uint64_t missed;
 };
 
@@ -689,7 +677,8 @@ BroadcastRep broadcast_rep(ipc::Segment& seg, ipc::Broadcast& bc, State* st, int
     int status = 0;
     while (::waitpid(pid, &status, 0) < 0)
       if (errno != EINTR) sys_failed("waitpid (subscriber)");
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) die("subscriber failed (status " + std::to_string(status) + ")");
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+      die("subscriber failed (status " + std::to_string(status) + ")");
   }
   ::alarm(0);
   bench::cleanup::g_child = 0;
@@ -724,7 +713,8 @@ int run(const bench::Args& args, const Handles& hd, TputObjects& to, ipc::Broadc
   const int reps = args.reps;
   const int cpu0 = bench::pin_to_cpu(0);
   std::vector<Line> lines;
-  if (bench::cpu_count() < 2) std::printf("NOTE: only %d CPU: both sides share it, figures are not meaningful\n\n", bench::cpu_count());
+  if (bench::cpu_count() < 2)
+    std::printf("NOTE: only %d CPU: both sides share it, figures are not meaningful\n\n", bench::cpu_count());
 
   // 1 + 2. Latency.
   {
@@ -748,18 +738,20 @@ int run(const bench::Args& args, const Handles& hd, TputObjects& to, ipc::Broadc
       q_handle.push_back(busy.p50[kBusyHandle] / busy.p50[kFloorLine]);
       q_blocking.push_back(blk.p50[kBlock64] / blk.p50[kFloorFutex]);
     }
-    std::printf("channel_bench 1+2: one-way latency (round trip / 2), parent pinned to CPU %d, child to CPU %d,\n"
-                "  busy kinds: %d round trips each per repetition, blocking kinds: %d, in interleaved blocks of %d;\n"
-                "  p50 / p99 of a repetition, median of %d repetitions\n",
-                cpu0, st->ctl.child_cpu.load(), block * blocks_busy, block * blocks_blocking, block, reps);
+    std::printf(
+        "channel_bench 1+2: one-way latency (round trip / 2), parent pinned to CPU %d, child to CPU %d,\n"
+        "  busy kinds: %d round trips each per repetition, blocking kinds: %d, in interleaved blocks of %d;\n"
+        "  p50 / p99 of a repetition, median of %d repetitions\n",
+        cpu0, st->ctl.child_cpu.load(), block * blocks_busy, block * blocks_blocking, block, reps);
     std::printf("  %-52s %10s %10s %10s %10s\n", "", "p50", "min rep", "max rep", "p99");
     for (int k = 0; k < kPingKinds; ++k)
       std::printf("  %-52s %7.1f ns %7.1f ns %7.1f ns %7.1f ns\n", kPingName[k], bench::median(p50[k]), vmin(p50[k]),
                   vmax(p50[k]), bench::median(p99[k]));
-    std::printf("  ratio to its floor, median of the per-repetition ratios [min, max]:\n"
-                "    busy 64B %.3f [%.3f, %.3f]   busy 4KiB handle %.3f [%.3f, %.3f]   blocking 64B %.3f [%.3f, %.3f]\n\n",
-                bench::median(q_busy), vmin(q_busy), vmax(q_busy), bench::median(q_handle), vmin(q_handle),
-                vmax(q_handle), bench::median(q_blocking), vmin(q_blocking), vmax(q_blocking));
+    std::printf(
+        "  ratio to its floor, median of the per-repetition ratios [min, max]:\n"
+        "    busy 64B %.3f [%.3f, %.3f]   busy 4KiB handle %.3f [%.3f, %.3f]   blocking 64B %.3f [%.3f, %.3f]\n\n",
+        bench::median(q_busy), vmin(q_busy), vmax(q_busy), bench::median(q_handle), vmin(q_handle), vmax(q_handle),
+        bench::median(q_blocking), vmin(q_blocking), vmax(q_blocking));
     const auto us = [](const std::vector<double>& v) { return bench::median(v) / 1e3; };
     lines.push_back({Line::result, "latency_busy_64B_p50", us(p50[kBusy64]), 0, "us"});
     lines.push_back({Line::result, "latency_busy_64B_p99", us(p99[kBusy64]), 0, "us"});
@@ -793,9 +785,10 @@ int run(const bench::Args& args, const Handles& hd, TputObjects& to, ipc::Broadc
     const double ours = bench::median(v[kOurs]);
     const double seq = bench::median(v[kUdsSeq]), stream = bench::median(v[kUdsStream]);
     const bool stream_faster = stream < seq;
-    std::printf("channel_bench 3: SPSC throughput, 64 B messages, producer pinned to CPU %d, consumer to CPU %d,\n"
-                "  %ld messages per side per repetition in %d interleaved chunks, time per message, median of %d\n",
-                st->ctl.child_cpu.load(), cpu0, n * chunks, chunks, reps);
+    std::printf(
+        "channel_bench 3: SPSC throughput, 64 B messages, producer pinned to CPU %d, consumer to CPU %d,\n"
+        "  %ld messages per side per repetition in %d interleaved chunks, time per message, median of %d\n",
+        st->ctl.child_cpu.load(), cpu0, n * chunks, chunks, reps);
     std::printf("  %-52s %11s %9s %9s %11s %11s\n", "", "per msg", "min rep", "max rep", "ours/this*", "msgs/s");
     for (int k = 0; k < kSides; ++k) {
       const double m = bench::median(v[k]);
@@ -812,8 +805,8 @@ int run(const bench::Args& args, const Handles& hd, TputObjects& to, ipc::Broadc
     lines.push_back({Line::result, "spsc_throughput_64B_uds_stream", stream, 0, "ns"});
     lines.push_back({Line::ratio, "spsc_throughput_64B_vs_boost_spsc", bench::median(q[kBoostSpscSide]), 1, nullptr});
     lines.push_back({Line::ratio, "spsc_throughput_64B_vs_boost_mq", bench::median(q[kBoostMq]), 1, nullptr});
-    lines.push_back({Line::ratio, "spsc_throughput_64B_vs_uds", bench::median(q[stream_faster ? kUdsStream : kUdsSeq]), 1,
-                     nullptr});
+    lines.push_back({Line::ratio, "spsc_throughput_64B_vs_uds", bench::median(q[stream_faster ? kUdsStream : kUdsSeq]),
+                     1, nullptr});
   }
 
   // 4. Broadcast.
@@ -841,11 +834,12 @@ int run(const bench::Args& args, const Handles& hd, TputObjects& to, ipc::Broadc
           missed_share[idx].push_back(static_cast<double>(b.received + b.missed) / static_cast<double>(subs * n));
         }
       }
-    std::printf("channel_bench 4: broadcast (lossy, capacity %u, slot_bytes %u), publisher pinned to CPU %d,\n"
-                "  all subscribers busy-polling try_receive pinned to CPU %d (they share it), %ld x 64 B try_publish\n"
-                "  back to back per repetition; cost = publisher thread CPU time per message (wall time,\n"
-                "  which includes preemption by other processes, beside it), median of %d\n",
-                kCapacity, kSlotBytes, cpu0, bench::cpu_count() > 1 ? 1 : 0, n, reps);
+    std::printf(
+        "channel_bench 4: broadcast (lossy, capacity %u, slot_bytes %u), publisher pinned to CPU %d,\n"
+        "  all subscribers busy-polling try_receive pinned to CPU %d (they share it), %ld x 64 B try_publish\n"
+        "  back to back per repetition; cost = publisher thread CPU time per message (wall time,\n"
+        "  which includes preemption by other processes, beside it), median of %d\n",
+        kCapacity, kSlotBytes, cpu0, bench::cpu_count() > 1 ? 1 : 0, n, reps);
     std::printf("  %-30s %11s %9s %9s %10s %10s %18s\n", "", "CPU/publish", "min rep", "max rep", "wall", "read/sub",
                 "(read+missed)/sub");
     for (int k = 0; k < 4; ++k) {
@@ -860,9 +854,10 @@ int run(const bench::Args& args, const Handles& hd, TputObjects& to, ipc::Broadc
                     100 * bench::median(missed_share[k]));
     }
     std::printf("  read/sub: share of the messages a subscriber read (lossy: the rest were overrun)\n");
-    std::printf("  ratio to 1 subscriber, median of the per-repetition ratios [min, max]: 4 subs %.3f [%.3f, %.3f], "
-                "16 subs %.3f [%.3f, %.3f]\n\n",
-                bench::median(q4), vmin(q4), vmax(q4), bench::median(q16), vmin(q16), vmax(q16));
+    std::printf(
+        "  ratio to 1 subscriber, median of the per-repetition ratios [min, max]: 4 subs %.3f [%.3f, %.3f], "
+        "16 subs %.3f [%.3f, %.3f]\n\n",
+        bench::median(q4), vmin(q4), vmax(q4), bench::median(q16), vmin(q16), vmax(q16));
     lines.push_back({Line::result, "broadcast_publish_0sub", bench::median(v[0]), 0, "ns"});
     lines.push_back({Line::result, "broadcast_publish_1sub", bench::median(v[1]), 0, "ns"});
     lines.push_back({Line::result, "broadcast_publish_4sub", bench::median(v[2]), 0, "ns"});
@@ -908,7 +903,7 @@ int main(int argc, char** argv) {
     spsc.capacity = kCapacity;
     spsc.slot_bytes = kSlotBytes;
     spsc.backpressure = ipc::Backpressure::fail;  // every send here is try_send
-    spsc.spin = 0;                                 // receive() sleeps at once
+    spsc.spin = 0;                                // receive() sleeps at once
     ipc::BroadcastConfig bc_cfg;
     bc_cfg.capacity = kCapacity;
     bc_cfg.slot_bytes = kSlotBytes;

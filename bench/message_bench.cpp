@@ -161,9 +161,7 @@ inline void check_failed(std::uint32_t& spins) {
 
 // ---- the message -------------------------------------------------------------------------------
 
-inline std::uint64_t element(std::uint64_t seq, std::size_t i) {
-  return (seq << 20) + i;
-}
+inline std::uint64_t element(std::uint64_t seq, std::size_t i) { return (seq << 20) + i; }
 
 void fill(BenchMessage::Builder root, std::uint64_t seq, std::size_t elements) {
   root.setSeq(seq);
@@ -341,8 +339,7 @@ void child_body(const Objects& o, long total, KindOf kind_of) {
         o.mq_answers->send(&a, sizeof a, 0);
         break;
       }
-      default:
-        break;
+      default: break;
     }
   }
 }
@@ -461,12 +458,8 @@ Rep run_rep(const Objects& o, int rep, int block, int blocks) {
   return out;
 }
 
-double vmin(const std::vector<double>& v) {
-  return *std::min_element(v.begin(), v.end());
-}
-double vmax(const std::vector<double>& v) {
-  return *std::max_element(v.begin(), v.end());
-}
+double vmin(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
+double vmax(const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); }
 
 int run(const bench::Args& args, const Objects& o) {
   const int cpu0 = bench::pin_to_cpu(0);

@@ -63,7 +63,7 @@ namespace bip = boost::interprocess;
 
 constexpr const char* kBench = "pool_bench";
 constexpr const char* kSegment = "pool";
-constexpr const char* kPool = "pool";                // default PoolConfig (cache on)
+constexpr const char* kPool = "pool";                 // default PoolConfig (cache on)
 constexpr const char* kPoolNoCache = "pool_nocache";  // default PoolConfig, cache_per_class = 0
 constexpr std::size_t kBoostSize = 8u << 20;
 constexpr unsigned kWatchdogSeconds = 60;  // per child run; a hung run is cleaned up, not left forever
@@ -80,7 +80,7 @@ struct State {
   } ctl;
   struct alignas(64) {
     std::atomic<std::uint32_t> seq{0};  // hand-over: A publishes
-    ipc::BufferHandle handle{};        // written before seq (release)
+    ipc::BufferHandle handle{};         // written before seq (release)
   } slot;
   struct alignas(64) {
     std::atomic<std::uint32_t> seq{0};  // hand-over: B acknowledges
@@ -199,14 +199,10 @@ struct Sides {
 
 double run_side(const Sides& s, int side, std::size_t size, long n) {
   switch (side) {
-    case kOurs:
-      return ns_pool(*s.pool, size, n);
-    case kOursNoCache:
-      return ns_pool(*s.pool_nc, size, n);
-    case kMalloc:
-      return ns_malloc(size, n);
-    default:
-      return ns_boost(*s.boost, size, n);
+    case kOurs: return ns_pool(*s.pool, size, n);
+    case kOursNoCache: return ns_pool(*s.pool_nc, size, n);
+    case kMalloc: return ns_malloc(size, n);
+    default: return ns_boost(*s.boost, size, n);
   }
 }
 
@@ -233,8 +229,8 @@ std::array<double, kSides> single_rep(const Sides& s, std::size_t size, long ite
 // chunks of `n` pairs per side, a spin barrier before and after each chunk;
 // the child opens its own BufferPool handles. Returns per side the ns per pair
 // per process of each repetition.
-std::array<std::vector<double>, kSides> two_proc(ipc::Segment& seg, const Sides& s, State* st, std::size_t size,
-                                                 long n, int chunks, int reps) {
+std::array<std::vector<double>, kSides> two_proc(ipc::Segment& seg, const Sides& s, State* st, std::size_t size, long n,
+                                                 int chunks, int reps) {
   pid_t pid = spawn(st, [&] {
     ipc::BufferPool pool = ipc::BufferPool::open(seg, kPool);
     ipc::BufferPool pool_nc = ipc::BufferPool::open(seg, kPoolNoCache);
@@ -302,8 +298,7 @@ struct HandResult {
 // round trips per kind, kinds interleaved block by block in a rotating order.
 // The first round trip of each block (a hand-over between kinds) and the
 // warm-up repetition are not counted.
-std::vector<HandResult> handover(ipc::Segment& seg, ipc::BufferPool& pool, State* st, int block, int blocks,
-                                 int reps) {
+std::vector<HandResult> handover(ipc::Segment& seg, ipc::BufferPool& pool, State* st, int block, int blocks, int reps) {
   st->slot.seq.store(0);
   st->ack.seq.store(0);
   st->ack.errors = 0;
@@ -415,8 +410,8 @@ void check_pools(ipc::BufferPool& pool, ipc::BufferPool& pool_nc) {
         std::printf("  WARNING: pool '%s' class %zu B: in_use %u, cached %u after every handle flushed\n",
                     p->name().c_str(), c.buffer_size, c.in_use, c.cached);
       if (c.failures != 0)
-        std::printf("  WARNING: pool '%s' class %zu B: %llu allocation failures\n", p->name().c_str(),
-                    c.buffer_size, static_cast<unsigned long long>(c.failures));
+        std::printf("  WARNING: pool '%s' class %zu B: %llu allocation failures\n", p->name().c_str(), c.buffer_size,
+                    static_cast<unsigned long long>(c.failures));
     }
   }
 }
@@ -444,18 +439,18 @@ int run(const bench::Args& args, ipc::Segment& seg, const Sides& s, State* st) {
         std::array<double, kSides> x = single_rep(s, z.bytes, z.iters, chunks, r);
         for (int k = 0; k < kSides; ++k) v[k].push_back(x[k]);
       }
-      std::printf("pool_bench 1: alloc+free %s, 1 process pinned to CPU %d,\n"
-                  "  %ld pairs per side per repetition in %d interleaved chunks, median of %d\n",
-                  z.tag, cpu0, z.iters, chunks, reps);
+      std::printf(
+          "pool_bench 1: alloc+free %s, 1 process pinned to CPU %d,\n"
+          "  %ld pairs per side per repetition in %d interleaved chunks, median of %d\n",
+          z.tag, cpu0, z.iters, chunks, reps);
       std::printf("  %-46s %12s %9s %9s %9s\n", "", "per pair", "min rep", "max rep", "vs malloc");
       const double m = bench::median(v[kMalloc]);
       for (int k = 0; k < kSides; ++k)
-        std::printf("  %-46s %9.2f ns %9.2f %9.2f %9.3f\n", kSideName[k], bench::median(v[k]), vmin(v[k]),
-                    vmax(v[k]), bench::median(v[k]) / m);
+        std::printf("  %-46s %9.2f ns %9.2f %9.2f %9.3f\n", kSideName[k], bench::median(v[k]), vmin(v[k]), vmax(v[k]),
+                    bench::median(v[k]) / m);
       std::printf("\n");
       const std::string base = std::string("alloc_free_") + z.tag;
-      const double ours = bench::median(v[kOurs]), nc = bench::median(v[kOursNoCache]),
-                   bm = bench::median(v[kBoost]);
+      const double ours = bench::median(v[kOurs]), nc = bench::median(v[kOursNoCache]), bm = bench::median(v[kBoost]);
       worst_ours = std::max({worst_ours, ours, nc});
       lines.push_back({Line::result, base, ours, 0, "ns"});
       lines.push_back({Line::result, base + "_nocache", nc, 0, "ns"});
@@ -474,18 +469,18 @@ int run(const bench::Args& args, ipc::Segment& seg, const Sides& s, State* st) {
       const long n = args.quick ? 50'000 : 200'000;  // pairs per process per chunk
       const int chunks = args.quick ? 4 : 5;         // per side and repetition
       std::array<std::vector<double>, kSides> v = two_proc(seg, s, st, 256, n, chunks, reps);
-      std::printf("pool_bench 2: alloc+free 256B, 2 processes at once pinned to CPU %d and CPU %d,\n"
-                  "  %ld pairs per process per side per repetition in chunks of %ld, ns per pair per process\n"
-                  "  (wall time until both are done / pairs per process), median of %d\n",
-                  cpu0, st->ctl.child_cpu.load(), n * chunks, n, reps);
+      std::printf(
+          "pool_bench 2: alloc+free 256B, 2 processes at once pinned to CPU %d and CPU %d,\n"
+          "  %ld pairs per process per side per repetition in chunks of %ld, ns per pair per process\n"
+          "  (wall time until both are done / pairs per process), median of %d\n",
+          cpu0, st->ctl.child_cpu.load(), n * chunks, n, reps);
       std::printf("  %-46s %12s %9s %9s %9s\n", "", "per pair", "min rep", "max rep", "vs malloc");
       const double m = bench::median(v[kMalloc]);
       for (int k = 0; k < kSides; ++k)
-        std::printf("  %-46s %9.2f ns %9.2f %9.2f %9.3f\n", kSideName[k], bench::median(v[k]), vmin(v[k]),
-                    vmax(v[k]), bench::median(v[k]) / m);
+        std::printf("  %-46s %9.2f ns %9.2f %9.2f %9.3f\n", kSideName[k], bench::median(v[k]), vmin(v[k]), vmax(v[k]),
+                    bench::median(v[k]) / m);
       std::printf("\n");
-      const double ours = bench::median(v[kOurs]), nc = bench::median(v[kOursNoCache]),
-                   bm = bench::median(v[kBoost]);
+      const double ours = bench::median(v[kOurs]), nc = bench::median(v[kOursNoCache]), bm = bench::median(v[kBoost]);
       worst_ours = std::max({worst_ours, ours, nc});
       lines.push_back({Line::result, "alloc_free_256B_2proc", ours, 0, "ns"});
       lines.push_back({Line::result, "alloc_free_256B_2proc_nocache", nc, 0, "ns"});
@@ -508,14 +503,15 @@ int run(const bench::Args& args, ipc::Segment& seg, const Sides& s, State* st) {
         }
         diff.push_back(x.p50[kHandPool] - x.p50[kHandFloor]);
       }
-      std::printf("pool_bench 3: hand-over of 64 B, A pinned to CPU %d, B pinned to CPU %d, busy-polling,\n"
-                  "  %d round trips per kind per repetition, kinds interleaved in blocks of %d,\n"
-                  "  p50 round trip of a repetition, median of %d\n",
-                  cpu0, st->ctl.child_cpu.load(), block * blocks, block, reps);
+      std::printf(
+          "pool_bench 3: hand-over of 64 B, A pinned to CPU %d, B pinned to CPU %d, busy-polling,\n"
+          "  %d round trips per kind per repetition, kinds interleaved in blocks of %d,\n"
+          "  p50 round trip of a repetition, median of %d\n",
+          cpu0, st->ctl.child_cpu.load(), block * blocks, block, reps);
       std::printf("  %-52s %11s %11s %11s %11s\n", "", "p50 rt", "min rep", "max rep", "mean rt");
       for (int k = 0; k < 2; ++k)
-        std::printf("  %-52s %8.1f ns %8.1f ns %8.1f ns %8.1f ns\n", kHandName[k], bench::median(p50[k]),
-                    vmin(p50[k]), vmax(p50[k]), bench::median(mean[k]));
+        std::printf("  %-52s %8.1f ns %8.1f ns %8.1f ns %8.1f ns\n", kHandName[k], bench::median(p50[k]), vmin(p50[k]),
+                    vmax(p50[k]), bench::median(mean[k]));
       std::printf("  %-52s %8.1f ns (median over repetitions of p50 pool - p50 floor)\n\n",
                   "pool overhead per hand-over", bench::median(diff));
       lines.push_back({Line::result, "handover_64B_pool_p50", bench::median(p50[kHandPool]), 0, "ns"});
@@ -525,9 +521,10 @@ int run(const bench::Args& args, ipc::Segment& seg, const Sides& s, State* st) {
   }
 
   check_pools(*s.pool, *s.pool_nc);
-  std::printf("seed target: alloc+free < %.0f ns: worst of our medians above (cache on/off, 1 and 2 processes) "
-              "= %.2f ns -> %s\n\n",
-              kSeedTargetNs, worst_ours, worst_ours < kSeedTargetNs ? "met" : "NOT MET");
+  std::printf(
+      "seed target: alloc+free < %.0f ns: worst of our medians above (cache on/off, 1 and 2 processes) "
+      "= %.2f ns -> %s\n\n",
+      kSeedTargetNs, worst_ours, worst_ours < kSeedTargetNs ? "met" : "NOT MET");
 
   for (const Line& l : lines)
     if (l.kind == Line::result) bench::result(kBench, l.metric, l.a, l.unit);

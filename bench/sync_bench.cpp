@@ -70,14 +70,14 @@ struct alignas(64) Line32 {
 };
 
 struct State {
-  Line32 to_child;    // futex floor: parent -> child
-  Line32 to_parent;   // futex floor: child -> parent
+  Line32 to_child;   // futex floor: parent -> child
+  Line32 to_parent;  // futex floor: child -> parent
   struct alignas(64) {
     int turn = 0;  // condvar ping-pong: 0 parent's turn, 1 child's; guarded by the ipc::Mutex
   } cv;
   struct alignas(64) {
-    std::uint64_t counter = 0;  // contended: guarded by the lock under test
-    std::uint32_t last = 0;     // who held the lock last (1 parent, 2 child)
+    std::uint64_t counter = 0;           // contended: guarded by the lock under test
+    std::uint32_t last = 0;              // who held the lock last (1 parent, 2 child)
     std::uint64_t switches[2] = {0, 0};  // hand-overs between the processes, per lock type
   } data;
   struct alignas(64) {
@@ -300,8 +300,7 @@ PingResult pingpong_rep(const Objects& o, int block, int blocks, int warmup_bloc
             std::uint32_t seen = st->to_parent.v.load(std::memory_order_acquire);
             st->to_child.v.fetch_add(1, std::memory_order_release);
             futex(&st->to_child.v, FUTEX_WAKE, 1);
-            while (st->to_parent.v.load(std::memory_order_acquire) == seen)
-              futex(&st->to_parent.v, FUTEX_WAIT, seen);
+            while (st->to_parent.v.load(std::memory_order_acquire) == seen) futex(&st->to_parent.v, FUTEX_WAIT, seen);
             break;
           }
         }
@@ -437,9 +436,10 @@ int run(const bench::Args& args, const Objects& o) {
     }
     const char* names[3] = {"ours: ipc::Mutex (in ipc::Segment)", "baseline: pthread robust pshared (same segment)",
                             "baseline: boost interprocess_mutex (same segment)"};
-    std::printf("sync_bench 1: uncontended lock+unlock, 1 thread pinned to CPU %d,\n"
-                "  %ld pairs per side per repetition in %d interleaved chunks, median of %d\n",
-                cpu0, iters, chunks, reps);
+    std::printf(
+        "sync_bench 1: uncontended lock+unlock, 1 thread pinned to CPU %d,\n"
+        "  %ld pairs per side per repetition in %d interleaved chunks, median of %d\n",
+        cpu0, iters, chunks, reps);
     for (int k = 0; k < 3; ++k)
       std::printf("  %-52s %8.2f ns/pair  (min %.2f, max %.2f)\n", names[k], bench::median(v[k]), vmin(v[k]),
                   vmax(v[k]));
@@ -464,10 +464,11 @@ int run(const bench::Args& args, const Objects& o) {
         mean[k].push_back(x.mean_oneway_ns[k]);
       }
     }
-    std::printf("\nsync_bench 2: blocking ping-pong, parent pinned to CPU %d, child pinned to CPU %d,\n"
-                "  %d round trips per kind per repetition, kinds interleaved in blocks of %d,\n"
-                "  one-way = round trip / 2, p50 of a repetition, median of %d\n",
-                cpu0, o.st->ctl.child_cpu.load(), block * blocks, block, reps);
+    std::printf(
+        "\nsync_bench 2: blocking ping-pong, parent pinned to CPU %d, child pinned to CPU %d,\n"
+        "  %d round trips per kind per repetition, kinds interleaved in blocks of %d,\n"
+        "  one-way = round trip / 2, p50 of a repetition, median of %d\n",
+        cpu0, o.st->ctl.child_cpu.load(), block * blocks, block, reps);
     std::printf("  %-52s %11s %11s %11s %11s\n", "", "p50 1-way", "min rep", "max rep", "mean 1-way");
     for (int k = 0; k < 3; ++k)
       std::printf("  %-52s %8.2f us %8.2f us %8.2f us %8.2f us\n", kPingName[k], bench::median(p50[k]) / 1e3,
@@ -483,7 +484,7 @@ int run(const bench::Args& args, const Objects& o) {
 
   // 3. Contended, two processes.
   {
-    const long n = 200'000;  // ops per process per chunk
+    const long n = 200'000;                  // ops per process per chunk
     const int chunks = args.quick ? 3 : 10;  // per lock kind and repetition
     std::vector<double> v[2], sw[2];
     for (int r = 0; r < reps; ++r) {
@@ -493,10 +494,11 @@ int run(const bench::Args& args, const Objects& o) {
         sw[k].push_back(c.switch_rate[k]);
       }
     }
-    std::printf("\nsync_bench 3: contended lock/++/unlock, 2 processes pinned to CPU %d and CPU %d,\n"
-                "  %ld ops per process per kind per repetition, kinds interleaved in chunks of %ld,\n"
-                "  wall time until both are done / total ops, median of %d\n",
-                cpu0, o.st->ctl.child_cpu.load(), n * chunks, n, reps);
+    std::printf(
+        "\nsync_bench 3: contended lock/++/unlock, 2 processes pinned to CPU %d and CPU %d,\n"
+        "  %ld ops per process per kind per repetition, kinds interleaved in chunks of %ld,\n"
+        "  wall time until both are done / total ops, median of %d\n",
+        cpu0, o.st->ctl.child_cpu.load(), n * chunks, n, reps);
     std::printf("  %-52s %11s %11s %11s %14s\n", "", "per op", "min rep", "max rep", "hand-overs/op");
     const char* names[2] = {"ours: ipc::Mutex", "baseline: pthread robust pshared"};
     for (int k = 0; k < 2; ++k)

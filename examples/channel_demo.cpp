@@ -29,9 +29,9 @@
 #include "ipc/broadcast.hpp"
 #include "ipc/channel.hpp"
 #include "ipc/endpoint.hpp"
-#include "tasks.capnp.h"
 #include "ipc/pool.hpp"
 #include "ipc/segment.hpp"
+#include "tasks.capnp.h"
 
 namespace {
 
@@ -42,7 +42,9 @@ struct Item {
   std::uint32_t seq;
   std::uint64_t check;  // producer * 2^32 + seq, scrambled
 };
-std::uint64_t check_of(std::uint32_t p, std::uint32_t s) { return (std::uint64_t{p} << 32 | s) * 0x9e3779b97f4a7c15ull; }
+std::uint64_t check_of(std::uint32_t p, std::uint32_t s) {
+  return (std::uint64_t{p} << 32 | s) * 0x9e3779b97f4a7c15ull;
+}
 
 // Shared bookkeeping: what producers had sent (after send() returned) and
 // what consumers received.
@@ -125,7 +127,10 @@ bool work_queue_demo(ipc::Segment& seg, const std::string& domain) {
   auto t0 = Clock::now();
   std::vector<pid_t> pids;
   for (int c = 0; c < 2; ++c)
-    if (pid_t p = ::fork(); p == 0) consumer(domain); else pids.push_back(p);
+    if (pid_t p = ::fork(); p == 0)
+      consumer(domain);
+    else
+      pids.push_back(p);
   pid_t producers[kProducers];
   for (std::uint32_t id = 0; id < kProducers; ++id)
     if ((producers[id] = ::fork()) == 0) producer(domain, id);
@@ -154,14 +159,16 @@ bool work_queue_demo(ipc::Segment& seg, const std::string& domain) {
   std::printf("  producer pid %d SIGKILLed after %u of %u messages; reclaim: %u slot(s), %u buffer(s)\n", producers[2],
               board.acked[2].load(), kPerProducer, reclaimed_slots, reclaimed_buffers);
   std::printf("  received %llu messages (%.2f M/s), %u carried 4 KiB buffers zero-copy, all intact\n",
-              static_cast<unsigned long long>(received), static_cast<double>(received) / secs / 1e6, board.buffers_ok.load());
+              static_cast<unsigned long long>(received), static_cast<double>(received) / secs / 1e6,
+              board.buffers_ok.load());
   std::printf("  acknowledged but lost: %llu, duplicates: %u, corrupt: %u, pool buffers still in use: %u\n",
-              static_cast<unsigned long long>(lost), board.duplicates.load(), board.corrupt.load(), ps.classes[0].in_use);
+              static_cast<unsigned long long>(lost), board.duplicates.load(), board.corrupt.load(),
+              ps.classes[0].in_use);
   std::printf("  stats seen by any process: sends %llu, receives %llu, depth %llu, recovered %llu\n",
               static_cast<unsigned long long>(st.sends), static_cast<unsigned long long>(st.receives),
               static_cast<unsigned long long>(st.depth), static_cast<unsigned long long>(st.recovered));
-  const bool ok = lost == 0 && board.duplicates.load() == 0 && board.corrupt.load() == 0 &&
-                  ps.classes[0].in_use == 0 && board.consumers_done.load() == 2;
+  const bool ok = lost == 0 && board.duplicates.load() == 0 && board.corrupt.load() == 0 && ps.classes[0].in_use == 0 &&
+                  board.consumers_done.load() == 2;
   std::printf("  work queue: %s\n", ok ? "PASS" : "FAIL");
   return ok;
 }
@@ -206,12 +213,13 @@ bool broadcast_demo(ipc::Segment& seg, const std::string& domain) {
     if (i % 32 == 31) std::this_thread::sleep_for(std::chrono::microseconds(200));  // a steady event rate
   }
   for (pid_t p : subs) ::waitpid(p, nullptr, 0);
-  std::printf("\nbroadcast 'events' (lossy, 64 slots): %llu events published\n", static_cast<unsigned long long>(kEvents));
+  std::printf("\nbroadcast 'events' (lossy, 64 slots): %llu events published\n",
+              static_cast<unsigned long long>(kEvents));
   const char* names[2] = {"fast", "slow"};
   for (int k = 0; k < 2; ++k)
     std::printf("  %s subscriber pid %d: received %llu, told it missed %llu, gaps match: %s\n", names[k], subs[k],
-                static_cast<unsigned long long>(r.received[k].load()), static_cast<unsigned long long>(r.missed[k].load()),
-                r.gaps_ok[k].load() ? "yes" : "NO");
+                static_cast<unsigned long long>(r.received[k].load()),
+                static_cast<unsigned long long>(r.missed[k].load()), r.gaps_ok[k].load() ? "yes" : "NO");
   bool ok = true;
   for (int k = 0; k < 2; ++k) ok = ok && r.gaps_ok[k].load() && r.received[k].load() + r.missed[k].load() == kEvents;
   std::printf("  broadcast: %s\n", ok ? "PASS" : "FAIL");
@@ -279,7 +287,8 @@ bool message_demo(ipc::Segment& seg, const std::string& domain) {
     payload[0] = static_cast<std::uint8_t>(i);
     payload[sizes[k] - 1] = 7;
     const auto t0 = Clock::now();  // building (and zeroing) the message is not timed
-    ok = pub.send(std::move(loan)) == ipc::TypedStatus::ok && sub.receive(result, std::chrono::seconds(10)) == ipc::TypedStatus::ok;
+    ok = pub.send(std::move(loan)) == ipc::TypedStatus::ok &&
+         sub.receive(result, std::chrono::seconds(10)) == ipc::TypedStatus::ok;
     lat[k].push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count() / 2);
     if (!ok) break;
     std::uint64_t sum = 0;
@@ -295,7 +304,8 @@ bool message_demo(ipc::Segment& seg, const std::string& domain) {
   const double small = lat[0].empty() ? 0 : lat[0][lat[0].size() / 2];
   const double large = lat[1].empty() ? 0 : lat[1][lat[1].size() / 2];
   const std::uint32_t in_use = pool.stats().classes[0].in_use + pool.stats().classes[1].in_use;
-  std::printf("\ntyped Cap'n Proto tasks (Publisher<Task> -> worker pid %d -> Publisher<Result>), zero copy:\n", worker);
+  std::printf("\ntyped Cap'n Proto tasks (Publisher<Task> -> worker pid %d -> Publisher<Result>), zero copy:\n",
+              worker);
   std::printf("  %d tasks with 64 B and %d with 1 MiB payloads, built in pool buffers; results verified: %s\n", kRounds,
               kRounds, ok ? "yes" : "NO");
   const double ratio = small > 0 ? large / small : 0.0;

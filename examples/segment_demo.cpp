@@ -16,10 +16,10 @@
 #include <sys/wait.h>
 
 #include <atomic>
-#include <cstring>
-#include <optional>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -139,8 +139,8 @@ bool pool_demo(ipc::Segment& seg, const std::string& domain) {
               static_cast<unsigned long long>(before.capacity_bytes >> 10));
   std::printf("  64 x 4 KiB messages handed from pid %d to pid %d zero-copy (16-byte handles): %s\n", producer,
               consumer, handover_ok ? "all read intact" : "FAILED");
-  std::printf("  pid %d held 50 x 64 KiB buffers (pressure %s) and was SIGKILLed; reclaim_dead() returned %u\n",
-              victim, ipc::to_string(before.pressure), reclaimed);
+  std::printf("  pid %d held 50 x 64 KiB buffers (pressure %s) and was SIGKILLed; reclaim_dead() returned %u\n", victim,
+              ipc::to_string(before.pressure), reclaimed);
   std::printf("  in use after reclaim: %llu bytes; alloc+free of 256 B: %.0f ns\n",
               static_cast<unsigned long long>(after.claimed_bytes), ns);
   const bool ok = handover_ok && reclaimed == 50 && after.claimed_bytes == 0;
@@ -178,8 +178,8 @@ int run(const std::string& domain) {
   seg.find_or_create<ipc::Barrier>("start", ipc::ObjectType::barrier, kWorkers + 1);
   seg.create_object("notes", ipc::ObjectType::raw, 1024);
 
-  std::printf("libipc demo — segment %s (%zu KiB), created in %.1f us\n", seg.info().path.c_str(),
-              seg.size() >> 10, std::chrono::duration<double, std::micro>(t1 - t0).count());
+  std::printf("libipc demo — segment %s (%zu KiB), created in %.1f us\n", seg.info().path.c_str(), seg.size() >> 10,
+              std::chrono::duration<double, std::micro>(t1 - t0).count());
 
   std::printf("\nobjects in the segment (as any process sees them):\n");
   std::printf("  %-14s %-8s %8s %8s %6s\n", "name", "type", "offset", "size", "gen");

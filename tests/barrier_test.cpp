@@ -24,22 +24,21 @@
 
 using namespace ipc;
 using namespace std::chrono_literals;
-using ipc::test::TestDomain;
 using ipc::test::kPromptMs;
 using ipc::test::ms_between;
 using ipc::test::ms_since;
-using ipc::test::opts;
 using ipc::test::now_ns;
+using ipc::test::opts;
+using ipc::test::TestDomain;
 
-using ipc::test::eventually;
 using ipc::test::check_exit;
-using ipc::test::make_board;
 using ipc::test::Children;
+using ipc::test::eventually;
+using ipc::test::make_board;
 
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
 
 Barrier& make_barrier(Segment& seg, std::uint32_t participants, const char* name = "barrier") {
   return seg.find_or_create<Barrier>(name, ObjectType::barrier, participants);
@@ -127,9 +126,12 @@ TEST_CASE("4 processes x 1000 phases: nobody passes phase k before all 4 arrived
         bb->arrived[k].fetch_add(1);
         BarrierResult r = br->arrive_and_wait_for(10s);
         int bad = 0;
-        if (r.status != BarrierResult::ok) bad = 1;
-        else if (bb->arrived[k].load() != kProcs) bad = 2;  // passed before everyone arrived
-        else if (br->phase() < static_cast<std::uint32_t>(k) + 1) bad = 3;
+        if (r.status != BarrierResult::ok)
+          bad = 1;
+        else if (bb->arrived[k].load() != kProcs)
+          bad = 2;  // passed before everyone arrived
+        else if (br->phase() < static_cast<std::uint32_t>(k) + 1)
+          bad = 3;
         if (bad) {
           if (bb->errors.fetch_add(1) == 0) {
             bb->first_error_phase.store(k);
@@ -145,8 +147,7 @@ TEST_CASE("4 processes x 1000 phases: nobody passes phase k before all 4 arrived
   auto t0 = Clock::now();
   for (pid_t p : pids) check_exit(kids.wait(p, 60s));
   MESSAGE(kPhases << " phases took " << ms_since(t0) << " ms");
-  INFO("first error at phase " << b.first_error_phase.load() << " status "
-                               << status_str(b.first_error_status.load()));
+  INFO("first error at phase " << b.first_error_phase.load() << " status " << status_str(b.first_error_status.load()));
   CHECK(b.errors.load() == 0);
   CHECK(bar.phase() == static_cast<std::uint32_t>(kPhases));
   for (int k = 0; k < kPhases; ++k) CHECK(b.arrived[k].load() == kProcs);
@@ -521,7 +522,7 @@ TEST_CASE("a waiter whose phase completed gets ok even if a participant dies bef
   check_exit(kids.wait(sleeper), "sleeper");
   check_exit(kids.wait(other), "other");
   INFO("the sleeper's phase-0 wait returned " << status_str(b.b_status.load() - 1) << " (dead_pid "
-                                             << b.b_dead_pid.load() << ")");
+                                              << b.b_dead_pid.load() << ")");
   CHECK(b.b_status.load() == BarrierResult::ok + 1);
 }
 
@@ -572,7 +573,7 @@ TEST_CASE("a waiter whose phase never completed is not released with ok by anoth
   check_exit(kids.wait(sleeper), "sleeper");
   check_exit(kids.wait(other), "other");
   INFO("the sleeper's phase-1 wait returned " << status_str(b.b_status.load() - 1) << " (dead_pid "
-                                             << b.b_dead_pid.load() << ")");
+                                              << b.b_dead_pid.load() << ")");
   CHECK(b.b_status.load() != BarrierResult::ok + 1);  // phase 1 never completed
 }
 

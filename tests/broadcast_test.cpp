@@ -43,19 +43,18 @@ using namespace std::chrono_literals;
 using ipc::test::check_exit;
 using ipc::test::Children;
 using ipc::test::eventually;
+using ipc::test::kPromptMs;
 using ipc::test::make_board;
+using ipc::test::ms_since;
 using ipc::test::now_ns;
 using ipc::test::opts;
 using ipc::test::TestDomain;
-using ipc::test::kPromptMs;
-using ipc::test::ms_since;
 
 using Clock = std::chrono::steady_clock;
 
 namespace {
 
 constexpr const char* kName = "bc";
-
 
 // ---- payloads: {publisher, seq, len, check} + a body derived from (publisher, seq) ----
 // Body word j is seed(publisher, seq) + j·K and the head's check word is
@@ -166,7 +165,8 @@ int read_all_in_order(Subscription& sub, int publishers, std::uint32_t per_publi
     last_position = m.position();
     ++next[h->publisher];
   }
-  if (sub.received() != std::uint64_t(publishers) * per_publisher) return fail(16, "received() counter", sub.received());
+  if (sub.received() != std::uint64_t(publishers) * per_publisher)
+    return fail(16, "received() counter", sub.received());
   if (sub.missed() != 0) return fail(17, "missed() counter", sub.missed());
   if (sub.try_receive(m) != ReceiveStatus::empty) return fail(18, "a message beyond the last");
   return 0;
@@ -225,7 +225,8 @@ TEST_CASE("blocking policy: 1 publisher process and 4 subscriber processes that 
   blocking_fan_out(1, 4, 20000);
 }
 
-TEST_CASE("blocking policy: 2 publisher processes x 3 subscriber processes see every message in each publisher's order") {
+TEST_CASE(
+    "blocking policy: 2 publisher processes x 3 subscriber processes see every message in each publisher's order") {
   blocking_fan_out(2, 3, 10000);
 }
 
@@ -241,7 +242,9 @@ struct LossyBoard {
 };
 }  // namespace
 
-TEST_CASE("lossy policy: a slow subscriber is overrun and its sequence gaps equal the missed() counts while the fast one sees everything") {
+TEST_CASE(
+    "lossy policy: a slow subscriber is overrun and its sequence gaps equal the missed() counts while the fast one "
+    "sees everything") {
   TestDomain d;
   Segment seg = Segment::create("lossy", opts(d));
   constexpr std::uint32_t kCap = 16;
@@ -341,7 +344,9 @@ PoolConfig zero_copy_pool() {
 }
 }  // namespace
 
-TEST_CASE("zero-copy: pool buffers fanned out to 3 subscriber processes and in_use returns to what the ring holds and then to 0") {
+TEST_CASE(
+    "zero-copy: pool buffers fanned out to 3 subscriber processes and in_use returns to what the ring holds and then "
+    "to 0") {
   TestDomain d;
   Segment seg = Segment::create("zc", opts(d, 4u << 20));
   BufferPool pool = BufferPool::create(seg, "pool", zero_copy_pool());
@@ -415,7 +420,9 @@ TEST_CASE("zero-copy: pool buffers fanned out to 3 subscriber processes and in_u
   CHECK(pool.holders(last_handle) == 0);
 }
 
-TEST_CASE("zero-copy: a killed subscriber's references return with pool.reclaim and the 10th holder of one buffer gets lost_buffers") {
+TEST_CASE(
+    "zero-copy: a killed subscriber's references return with pool.reclaim and the 10th holder of one buffer gets "
+    "lost_buffers") {
   TestDomain d;
   Segment seg = Segment::create("zk", opts(d, 4u << 20));
   BufferPool pool = BufferPool::create(seg, "pool", zero_copy_pool());
@@ -566,7 +573,9 @@ struct ChurnBoard {
 };
 }  // namespace
 
-TEST_CASE("subscribe and unsubscribe during traffic: joiners at next / newest / oldest start where they should and read in order") {
+TEST_CASE(
+    "subscribe and unsubscribe during traffic: joiners at next / newest / oldest start where they should and read in "
+    "order") {
   TestDomain d;
   Segment seg = Segment::create("churn", opts(d));
   constexpr std::uint32_t kCap = 64;
@@ -629,7 +638,9 @@ struct StuckBoard {
 };
 }  // namespace
 
-TEST_CASE("blocking policy: a live subscriber that does not read makes publish time out and after it unsubscribes publish proceeds") {
+TEST_CASE(
+    "blocking policy: a live subscriber that does not read makes publish time out and after it unsubscribes publish "
+    "proceeds") {
   TestDomain d;
   Segment seg = Segment::create("stuck", opts(d));
   constexpr std::uint32_t kCap = 4;
@@ -763,7 +774,8 @@ int crash_subscriber(const TestDomain& d, CrashBoard& board, int index, bool blo
     const auto h = check_payload(m.data());
     if (!h) return fail(101, "torn message at position", m.position());
     if (h->publisher == kEndMarker) break;
-    if (h->publisher >= kCrashPublishers || h->publisher < current) return fail(102, "publisher order", h->publisher, current);
+    if (h->publisher >= kCrashPublishers || h->publisher < current)
+      return fail(102, "publisher order", h->publisher, current);
     current = h->publisher;
     // Blocking: exactly the next one; lossy: later (each at most once, in order).
     if (blocking ? h->seq != next[current] : h->seq < next[current]) return fail(103, "seq", h->seq, next[current]);
@@ -828,22 +840,26 @@ void crash_loop(BroadcastPolicy policy, int publishers) {
     }
   }
   MESSAGE(publishers << " publishers killed (" << killed_mid_run << " after publishing); " << ok_total
-                           << " publishes returned ok, subscribers saw " << seen_total << "; tail " << st.tail
-                           << ", recovered " << st.recovered);
+                     << " publishes returned ok, subscribers saw " << seen_total << "; tail " << st.tail
+                     << ", recovered " << st.recovered);
   CHECK(ok_total > 0);
   CHECK(seen_total > 0);
   // Each recovered slot is one claimed position never committed.
   CHECK(st.publishes + st.recovered <= st.tail);
-  CHECK(st.recovered >= 1);  // a 16 KiB copy is often interrupted: made likely, not certain (see report)
+  CHECK(st.recovered >= 1);       // a 16 KiB copy is often interrupted: made likely, not certain (see report)
   CHECK(bc.reclaim_dead() == 0);  // nothing left in `writing`
 }
 }  // namespace
 
-TEST_CASE("crash: publishers SIGKILLed at random points under the blocking policy - subscribers never hang and see no torn message and miss no committed one") {
+TEST_CASE(
+    "crash: publishers SIGKILLed at random points under the blocking policy - subscribers never hang and see no torn "
+    "message and miss no committed one") {
   crash_loop(BroadcastPolicy::blocking, 300);  // fewer kills land in B1–B5 here: the publisher mostly waits
 }
 
-TEST_CASE("crash: publishers SIGKILLed at random points under the lossy policy - subscribers never hang and see no torn or repeated message") {
+TEST_CASE(
+    "crash: publishers SIGKILLed at random points under the lossy policy - subscribers never hang and see no torn or "
+    "repeated message") {
   crash_loop(BroadcastPolicy::lossy, 150);
 }
 
@@ -901,7 +917,9 @@ TEST_CASE("epoll: a SubscriptionPoller fd in an epoll loop receives everything a
 
 // ---- subscriber limit ----
 
-TEST_CASE("subscriber limit: the 5th subscribe with max_subscribers 4 throws no_space naming the limit and a dead subscriber's slot is reused") {
+TEST_CASE(
+    "subscriber limit: the 5th subscribe with max_subscribers 4 throws no_space naming the limit and a dead "
+    "subscriber's slot is reused") {
   TestDomain d;
   Segment seg = Segment::create("limit", opts(d));
   Broadcast bc = Broadcast::create(seg, kName, config(8, 128, BroadcastPolicy::lossy, 4));
@@ -967,7 +985,7 @@ TEST_CASE("subscriber slots: a claim in progress by a live process is not freed 
   auto* owner = reinterpret_cast<std::atomic<std::uint64_t>*>(base + subs_offset);
   REQUIRE(owner->load() == 0);
   owner->store(std::uint64_t(static_cast<std::uint32_t>(claimant)) << 32 | 7u << 1);  // claimed, token not yet written
-  CHECK(bc.reclaim_dead() == 0);  // the claimant is alive
+  CHECK(bc.reclaim_dead() == 0);                                                      // the claimant is alive
   CHECK(owner->load() != 0);
   CHECK_THROWS_AS((void)bc.subscribe(), Error);  // its slot is taken: no_space, not a shared cursor
   board.leave.store(1);
@@ -992,7 +1010,9 @@ void check_create_error(Segment& seg, const BroadcastConfig& c, ErrorCode code, 
 }
 }  // namespace
 
-TEST_CASE("bad arguments give clear errors: capacity / slot_bytes / max_subscribers / wrong object / wrong pool / oversized payload") {
+TEST_CASE(
+    "bad arguments give clear errors: capacity / slot_bytes / max_subscribers / wrong object / wrong pool / oversized "
+    "payload") {
   TestDomain d;
   Segment seg = Segment::create("args", opts(d, 4u << 20));
   for (std::uint32_t cap : {0u, 1u, 3u, 100u, 131072u})
@@ -1030,7 +1050,8 @@ TEST_CASE("bad arguments give clear errors: capacity / slot_bytes / max_subscrib
     CHECK(what.find("raw") != std::string::npos);
     CHECK(what.find("broadcast") != std::string::npos);
   }
-  Object fake = seg.create_object("fake", ObjectType::broadcast, Broadcast::bytes_needed(config(8, 128, BroadcastPolicy::lossy)));
+  Object fake =
+      seg.create_object("fake", ObjectType::broadcast, Broadcast::bytes_needed(config(8, 128, BroadcastPolicy::lossy)));
   try {
     (void)Broadcast::open(seg, "fake");  // zeroed: no magic
     FAIL("open of an uninitialised broadcast succeeded");
@@ -1064,7 +1085,8 @@ TEST_CASE("bad arguments give clear errors: capacity / slot_bytes / max_subscrib
     Buffer bufs[1] = {std::move(a.buffer)};
     CHECK(bc.publish({}, bufs) == SendStatus::no_pool);  // opened without a pool
     CHECK(bufs[0]);                                      // nothing moved
-    CHECK(with_pool.publish(std::vector<std::byte>(bc.max_payload() - 15), bufs) == SendStatus::too_large);  // 16 B per handle
+    CHECK(with_pool.publish(std::vector<std::byte>(bc.max_payload() - 15), bufs) ==
+          SendStatus::too_large);  // 16 B per handle
     CHECK(bufs[0]);
     Allocation foreign = other.allocate(64);
     Buffer wrong[1] = {std::move(foreign.buffer)};

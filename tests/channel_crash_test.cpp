@@ -49,14 +49,14 @@ using namespace std::chrono_literals;
 using ipc::test::check_exit;
 using ipc::test::Children;
 using ipc::test::eventually;
+using ipc::test::kHangMs;
+using ipc::test::kPromptMs;
 using ipc::test::make_board;
+using ipc::test::ms_between;
+using ipc::test::ms_since;
 using ipc::test::now_ns;
 using ipc::test::opts;
 using ipc::test::TestDomain;
-using ipc::test::kHangMs;
-using ipc::test::kPromptMs;
-using ipc::test::ms_between;
-using ipc::test::ms_since;
 
 using Clock = std::chrono::steady_clock;
 
@@ -137,9 +137,9 @@ struct CrashBoard {
   // Messages of producer p acknowledged: send() returned ok for seq < acked[p].
   // Written only after send returned, so a kill in between leaves it one low.
   std::atomic<std::uint32_t> acked[kMaxSide];
-  std::atomic<std::uint64_t> corrupt;           // bytes or buffer contents do not match the tag
-  std::atomic<std::uint64_t> order_violations;  // a consumer saw a producer's seq go backwards
-  std::atomic<std::uint64_t> unexpected;        // a child hit a status it should never see
+  std::atomic<std::uint64_t> corrupt;                         // bytes or buffer contents do not match the tag
+  std::atomic<std::uint64_t> order_violations;                // a consumer saw a producer's seq go backwards
+  std::atomic<std::uint64_t> unexpected;                      // a child hit a status it should never see
   std::atomic<std::uint8_t> seen[kMaxSide][kMaxPerProducer];  // receipts, recorded after receive returned
 };
 
@@ -189,7 +189,8 @@ int producer_main(const TestDomain& d, const std::string& seg_name, CrashBoard& 
       fill(bytes.data(), kTagBytes, static_cast<std::uint32_t>(p), seq);
       st = c.send(std::move(a.buffer), {bytes.data(), kTagBytes}, 50ms);
     } else {
-      const std::size_t len = kTagBytes + (seq * 37 + static_cast<std::uint32_t>(p)) % (c.max_payload() - kTagBytes + 1);
+      const std::size_t len =
+          kTagBytes + (seq * 37 + static_cast<std::uint32_t>(p)) % (c.max_payload() - kTagBytes + 1);
       fill(bytes.data(), len, static_cast<std::uint32_t>(p), seq);
       st = c.send({bytes.data(), len}, {}, 50ms);
     }
@@ -276,7 +277,8 @@ bool run_iteration(const TestDomain& d, const Scenario& sc, int it, std::mt19937
     std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 20));
     b.stop.store(1);
     for (int p = 0; p < sc.producers; ++p)
-      if (std::find(dead.begin(), dead.end(), producers[p]) == dead.end()) check_exit(kids.wait(producers[p]), "producer");
+      if (std::find(dead.begin(), dead.end(), producers[p]) == dead.end())
+        check_exit(kids.wait(producers[p]), "producer");
     for (pid_t c : consumers)
       if (std::find(dead.begin(), dead.end(), c) == dead.end()) check_exit(kids.wait(c), "consumer");
 
@@ -340,8 +342,8 @@ bool run_iteration(const TestDomain& d, const Scenario& sc, int it, std::mt19937
     while (ch.try_receive(m) == ReceiveStatus::ok) ++got;
     CHECK(got == ch.capacity());
     ok = duplicates == 0 && missing <= static_cast<std::uint64_t>(dead_consumers) && unsent == 0 &&
-         b.corrupt.load() == 0 && b.order_violations.load() == 0 && b.unexpected.load() == 0 && pool_in_use(pool) == 0 &&
-         got == ch.capacity();
+         b.corrupt.load() == 0 && b.order_violations.load() == 0 && b.unexpected.load() == 0 &&
+         pool_in_use(pool) == 0 && got == ch.capacity();
   }
   Segment::unlink(seg_name, d.name());
   return ok;
@@ -356,10 +358,11 @@ void run_scenario(const Scenario& sc, LoopTotals& totals) {
   for (int it = 0; it < iterations; ++it)
     if (!run_iteration(d, sc, it, rng, totals)) break;
   MESSAGE(std::string(sc.name) << ": " << iterations << " iterations, " << totals.kills << " kills, " << totals.messages
-                  << " acknowledged messages, " << totals.lost_to_dead_consumers << " lost with a dead consumer, "
-                  << totals.in_flight_of_dead_producers << " in flight of a dead producer, slots recovered: "
-                  << totals.recovered_total << " (" << totals.recovered_by_reclaim << " by reclaim), slowest drain "
-                  << totals.slowest_drain_ms << " ms");
+                               << " acknowledged messages, " << totals.lost_to_dead_consumers
+                               << " lost with a dead consumer, " << totals.in_flight_of_dead_producers
+                               << " in flight of a dead producer, slots recovered: " << totals.recovered_total << " ("
+                               << totals.recovered_by_reclaim << " by reclaim), slowest drain "
+                               << totals.slowest_drain_ms << " ms");
   CHECK(d.leftover_files() == 0);
 }
 
@@ -375,12 +378,15 @@ TEST_CASE("random SIGKILL of SPSC producer and consumer, buffer payloads: no dup
   run_scenario({"spsc-buffers", ChannelKind::spsc, 1, 1, true, 25}, t);
 }
 
-TEST_CASE("random SIGKILL among 3 MPMC producers and 3 consumers, inline payloads: no duplicate, no loss beyond the protocol") {
+TEST_CASE(
+    "random SIGKILL among 3 MPMC producers and 3 consumers, inline payloads: no duplicate, no loss beyond the "
+    "protocol") {
   LoopTotals t;
   run_scenario({"mpmc-inline", ChannelKind::mpmc, 3, 3, false, 30}, t);
 }
 
-TEST_CASE("random SIGKILL among 3 MPMC producers and 3 consumers, buffer payloads: no duplicate, no loss, pool returned") {
+TEST_CASE(
+    "random SIGKILL among 3 MPMC producers and 3 consumers, buffer payloads: no duplicate, no loss, pool returned") {
   LoopTotals t;
   run_scenario({"mpmc-buffers", ChannelKind::mpmc, 3, 3, true, 25}, t);
 }
@@ -412,12 +418,13 @@ int park_inside_send(const TestDomain& d, const std::string& seg_name, ParkBoard
   BufferPool pool = BufferPool::open(own, "pool");
   Channel c = Channel::open(own, "ch", &pool);
   const long page = ::sysconf(_SC_PAGESIZE);
-  void* mem = ::mmap(nullptr, static_cast<std::size_t>(2 * page), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* mem =
+      ::mmap(nullptr, static_cast<std::size_t>(2 * page), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) return 20;
   auto* base = static_cast<std::byte*>(mem);
   if (::mprotect(base + page, static_cast<std::size_t>(page), PROT_NONE) != 0) return 21;
   g_park_board = &b;
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = park_on_fault;
   sigemptyset(&sa.sa_mask);
   if (::sigaction(SIGSEGV, &sa, nullptr) != 0 || ::sigaction(SIGBUS, &sa, nullptr) != 0) return 22;
@@ -451,7 +458,9 @@ int receive_one(const TestDomain& d, const std::string& seg_name, ParkBoard& b) 
 
 }  // namespace
 
-TEST_CASE("a producer killed between claim and commit: not recovered while it lives, a blocked consumer gets going within a second without reclaim") {
+TEST_CASE(
+    "a producer killed between claim and commit: not recovered while it lives, a blocked consumer gets going within a "
+    "second without reclaim") {
   for (ChannelKind kind : {ChannelKind::mpmc, ChannelKind::spsc}) {
     const bool spsc = kind == ChannelKind::spsc;
     CAPTURE(spsc);
@@ -478,7 +487,7 @@ TEST_CASE("a producer killed between claim and commit: not recovered while it li
     CHECK(ch.reclaim_dead() == 0);
 
     const std::int64_t killed_at = now_ns();
-    kids.kill(parker);  // SIGKILL + reap
+    kids.kill(parker);                                              // SIGKILL + reap
     if (spsc) REQUIRE(ch.try_send(after_bytes) == SendStatus::ok);  // the successor producer
     check_exit(kids.wait(consumer), "consumer");
     CHECK(b.got.load() == after);
@@ -502,7 +511,9 @@ TEST_CASE("a producer killed between claim and commit: not recovered while it li
   }
 }
 
-TEST_CASE("a producer killed between claim and commit with a buffer: reclaim recovers the slot, pool.reclaim returns the buffer") {
+TEST_CASE(
+    "a producer killed between claim and commit with a buffer: reclaim recovers the slot, pool.reclaim returns the "
+    "buffer") {
   TestDomain d;
   Segment seg = Segment::create("parkbuf", opts(d, 4u << 20));
   BufferPool pool = BufferPool::create(seg, "pool", pool_config(8));
@@ -553,11 +564,12 @@ int park_inside_receive(const TestDomain& d, const std::string& seg_name, ParkBo
   const std::size_t header = Channel::bytes_needed(cfg) - std::size_t(cfg.capacity) * cfg.slot_bytes;
   const auto slot0 = reinterpret_cast<std::uintptr_t>(obj->data) + header;
   const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const std::uintptr_t victim = (slot0 + ring::kSlotHeaderBytes + page) & ~(page - 1);  // a payload page, not the word's
+  const std::uintptr_t victim =
+      (slot0 + ring::kSlotHeaderBytes + page) & ~(page - 1);  // a payload page, not the word's
   if (victim <= slot0 + ring::kSlotHeaderBytes || victim + page > slot0 + cfg.slot_bytes + page) return 21;
   if (::mprotect(reinterpret_cast<void*>(victim), page, PROT_NONE) != 0) return 22;
   g_park_board = &b;
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = park_on_fault;
   sigemptyset(&sa.sa_mask);
   if (::sigaction(SIGSEGV, &sa, nullptr) != 0 || ::sigaction(SIGBUS, &sa, nullptr) != 0) return 23;
@@ -568,7 +580,9 @@ int park_inside_receive(const TestDomain& d, const std::string& seg_name, ParkBo
 
 }  // namespace
 
-TEST_CASE("a consumer killed between claim and release: its slot is not taken while it lives, a blocked producer gets it within a second without reclaim") {
+TEST_CASE(
+    "a consumer killed between claim and release: its slot is not taken while it lives, a blocked producer gets it "
+    "within a second without reclaim") {
   for (ChannelKind kind : {ChannelKind::mpmc, ChannelKind::spsc}) {
     const bool spsc = kind == ChannelKind::spsc;
     CAPTURE(spsc);

@@ -41,17 +41,16 @@ using namespace std::chrono_literals;
 using ipc::test::check_exit;
 using ipc::test::Children;
 using ipc::test::eventually;
+using ipc::test::kPromptMs;
 using ipc::test::make_board;
+using ipc::test::ms_since;
 using ipc::test::now_ns;
 using ipc::test::opts;
 using ipc::test::TestDomain;
-using ipc::test::kPromptMs;
-using ipc::test::ms_since;
 
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
 
 // ---- message content: every byte is a function of (producer, seq, index) ----
 // A message of len >= kTagBytes starts with {producer u32, len u32, seq u64},
@@ -193,15 +192,17 @@ constexpr int kMpmcProducers = 4, kMpmcConsumers = 4;
 constexpr std::uint32_t kMpmcPerProducer = 20'000;
 struct MpmcBoard {
   std::atomic<int> go;
-  std::atomic<std::uint64_t> received;           // all consumers together
-  std::atomic<std::uint64_t> corrupt;            // messages whose bytes do not match their tag
-  std::atomic<std::uint64_t> order_violations;   // per consumer: a producer's seq not increasing
+  std::atomic<std::uint64_t> received;          // all consumers together
+  std::atomic<std::uint64_t> corrupt;           // messages whose bytes do not match their tag
+  std::atomic<std::uint64_t> order_violations;  // per consumer: a producer's seq not increasing
   std::atomic<std::uint64_t> per_consumer[kMpmcConsumers];
   std::atomic<std::uint8_t> seen[kMpmcProducers][kMpmcPerProducer];
 };
 }  // namespace
 
-TEST_CASE("MPMC 4 producer × 4 consumer processes: every message received exactly once, per-producer order kept per consumer") {
+TEST_CASE(
+    "MPMC 4 producer × 4 consumer processes: every message received exactly once, per-producer order kept per "
+    "consumer") {
   TestDomain d;
   Segment seg = Segment::create("mpmc", opts(d, 4u << 20));
   Channel ch = Channel::create(seg, "ch", config(ChannelKind::mpmc, 256, 128, Backpressure::block, 200));
@@ -330,7 +331,8 @@ TEST_CASE("buffers travel as handles between processes: 1-3 per message, content
   CHECK(ch.stats().depth == 0);
 }
 
-TEST_CASE("buffer send errors: foreign or empty buffer is bad_buffer, no pool is no_pool, too_large — nothing changes") {
+TEST_CASE(
+    "buffer send errors: foreign or empty buffer is bad_buffer, no pool is no_pool, too_large — nothing changes") {
   TestDomain d;
   Segment seg = Segment::create("bad", opts(d, 8u << 20));
   BufferPool pool = BufferPool::create(seg, "pool", pool_config(16));
@@ -382,7 +384,9 @@ TEST_CASE("buffer send errors: foreign or empty buffer is bad_buffer, no pool is
   CHECK(pool_in_use(other) == 0);
 }
 
-TEST_CASE("a buffer whose reference is not ours fails the hand-over: bad_buffer, the slot is skipped, earlier buffers come back") {
+TEST_CASE(
+    "a buffer whose reference is not ours fails the hand-over: bad_buffer, the slot is skipped, earlier buffers come "
+    "back") {
   TestDomain d;
   Segment seg = Segment::create("skip", opts(d, 8u << 20));
   BufferPool pool = BufferPool::create(seg, "pool", pool_config(16));
@@ -473,7 +477,7 @@ TEST_CASE("Backpressure::fail: try_send and send on a full ring return full at o
     CHECK(ch.try_send(bytes_of(x)) == SendStatus::full);
     auto t0 = Clock::now();
     CHECK(ch.send(bytes_of(x), {}, 60s) == SendStatus::full);  // far longer than the bound below
-    CHECK_PROMPT(ms_since(t0), kPromptMs);  // did not wait for the timeout
+    CHECK_PROMPT(ms_since(t0), kPromptMs);                     // did not wait for the timeout
     CHECK(ch.stats().depth == 4);
     CHECK(ch.stats().sends == 4);
     Message m;
@@ -488,7 +492,9 @@ TEST_CASE("Backpressure::fail: try_send and send on a full ring return full at o
   }
 }
 
-TEST_CASE("Backpressure::block: send times out (elapsed >= timeout), then blocks until a receiver in another process frees a slot") {
+TEST_CASE(
+    "Backpressure::block: send times out (elapsed >= timeout), then blocks until a receiver in another process frees a "
+    "slot") {
   TestDomain d;
   Segment seg = Segment::create("block", opts(d));
   for (ChannelKind kind : {ChannelKind::spsc, ChannelKind::mpmc}) {
@@ -536,7 +542,8 @@ TEST_CASE("Backpressure::block: send times out (elapsed >= timeout), then blocks
   }
 }
 
-TEST_CASE("Backpressure::drop_oldest: exact drop count, the newest capacity messages in order, dropped buffers returned") {
+TEST_CASE(
+    "Backpressure::drop_oldest: exact drop count, the newest capacity messages in order, dropped buffers returned") {
   TestDomain d;
   Segment seg = Segment::create("drop", opts(d, 8u << 20));
   BufferPool pool = BufferPool::create(seg, "pool", pool_config(32));
@@ -583,7 +590,9 @@ TEST_CASE("Backpressure::drop_oldest: exact drop count, the newest capacity mess
 // ---------------------------------------------------------------------------
 // Receive: blocking, timed, spinning, batched
 
-TEST_CASE("a blocking receive is woken by a send from another process — a receive timeout reports timed_out after the timeout") {
+TEST_CASE(
+    "a blocking receive is woken by a send from another process — a receive timeout reports timed_out after the "
+    "timeout") {
   TestDomain d;
   Segment seg = Segment::create("wake", opts(d));
   Channel ch = Channel::create(seg, "ch", config(ChannelKind::mpmc, 16, 64));
@@ -621,7 +630,9 @@ TEST_CASE("a blocking receive is woken by a send from another process — a rece
   CHECK(ch.stats().receive_blocked_ns > 0);
 }
 
-TEST_CASE("receive_spin picks up a message from another process while polling — the channel's default spin is used by receive") {
+TEST_CASE(
+    "receive_spin picks up a message from another process while polling — the channel's default spin is used by "
+    "receive") {
   TestDomain d;
   Segment seg = Segment::create("spin", opts(d));
   Channel ch = Channel::create(seg, "ch", config(ChannelKind::spsc, 16, 64, Backpressure::block, 1000));
@@ -701,7 +712,8 @@ TEST_CASE("send_batch and receive_batch: order kept, the batch stops at a full r
 // ---------------------------------------------------------------------------
 // epoll
 
-TEST_CASE("ChannelPoller in an epoll loop: every message from another process received, no busy loop, a timeout when idle") {
+TEST_CASE(
+    "ChannelPoller in an epoll loop: every message from another process received, no busy loop, a timeout when idle") {
   TestDomain d;
   Segment seg = Segment::create("poll", opts(d));
   Channel ch = Channel::create(seg, "ch", config(ChannelKind::mpmc, 64, 64));
@@ -801,11 +813,12 @@ TEST_CASE("bad configurations throw invalid_argument naming the channel") {
   struct Bad {
     std::uint32_t capacity, slot_bytes;
   };
-  for (Bad bad : {Bad{0, 128}, Bad{1, 128}, Bad{3, 128}, Bad{100, 128}, Bad{1u << 17, 128}, Bad{16, 100},
-                  Bad{16, 0}, Bad{16, 32}, Bad{16, 65536 + 64}}) {
+  for (Bad bad : {Bad{0, 128}, Bad{1, 128}, Bad{3, 128}, Bad{100, 128}, Bad{1u << 17, 128}, Bad{16, 100}, Bad{16, 0},
+                  Bad{16, 32}, Bad{16, 65536 + 64}}) {
     CAPTURE(bad.capacity);
     CAPTURE(bad.slot_bytes);
-    auto [code, msg] = error_of([&] { Channel::create(seg, "jobs", config(ChannelKind::mpmc, bad.capacity, bad.slot_bytes)); });
+    auto [code, msg] =
+        error_of([&] { Channel::create(seg, "jobs", config(ChannelKind::mpmc, bad.capacity, bad.slot_bytes)); });
     CHECK(code == ErrorCode::invalid_argument);
     CHECK(msg.find("jobs") != std::string::npos);
     CHECK_FALSE(seg.find_object("jobs").has_value());
@@ -839,7 +852,8 @@ TEST_CASE("open with a different pool throws invalid_argument naming the channel
   CHECK(msg.find("bare") != std::string::npos);
 }
 
-TEST_CASE("open of an object of another type (pool, raw) throws type_mismatch naming the channel, as channel.hpp says") {
+TEST_CASE(
+    "open of an object of another type (pool, raw) throws type_mismatch naming the channel, as channel.hpp says") {
   TestDomain d;
   Segment seg = Segment::create("types", opts(d, 8u << 20));
   BufferPool pool = BufferPool::create(seg, "jobs", pool_config(8));

@@ -26,30 +26,32 @@
 
 using namespace ipc;
 using namespace std::chrono_literals;
-using ipc::test::TestDomain;
 using ipc::test::kHangMs;
 using ipc::test::kPromptMs;
 using ipc::test::ms_between;
 using ipc::test::ms_since;
-using ipc::test::str;
-using ipc::test::opts;
 using ipc::test::now_ns;
+using ipc::test::opts;
+using ipc::test::str;
+using ipc::test::TestDomain;
 
-using ipc::test::eventually;
 using ipc::test::check_exit;
-using ipc::test::make_board;
 using ipc::test::Children;
+using ipc::test::eventually;
+using ipc::test::make_board;
 
 using Clock = std::chrono::steady_clock;
 
 namespace {
 
-
 Mutex& make_mutex(Segment& seg, const char* name = "m") { return seg.find_or_create<Mutex>(name, ObjectType::mutex); }
-CondVar& make_cv(Segment& seg, const char* name = "cv") { return seg.find_or_create<CondVar>(name, ObjectType::condvar); }
+CondVar& make_cv(Segment& seg, const char* name = "cv") {
+  return seg.find_or_create<CondVar>(name, ObjectType::condvar);
+}
 
 std::string str_code(int result_plus_one) {
-  return result_plus_one == 0 ? std::string("(none)") : std::string(to_string(static_cast<LockResult>(result_plus_one - 1)));
+  return result_plus_one == 0 ? std::string("(none)")
+                              : std::string(to_string(static_cast<LockResult>(result_plus_one - 1)));
 }
 
 // ---------------------------------------------------------------------------

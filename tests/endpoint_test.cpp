@@ -58,19 +58,17 @@ using ipc::schema::Task;
 using ipc::test::check_exit;
 using ipc::test::Children;
 using ipc::test::eventually;
+using ipc::test::kPromptMs;
 using ipc::test::make_board;
+using ipc::test::ms_since;
 using ipc::test::opts;
 using ipc::test::TestDomain;
-using ipc::test::kPromptMs;
-using ipc::test::ms_since;
 
 using Clock = std::chrono::steady_clock;
 
 // doctest prints these by name.
 namespace ipc {
-std::ostream& operator<<(std::ostream& os, TypedStatus s) {
-  return os << to_string(s);
-}
+std::ostream& operator<<(std::ostream& os, TypedStatus s) { return os << to_string(s); }
 }  // namespace ipc
 
 namespace {
@@ -78,15 +76,12 @@ namespace {
 constexpr const char* kChannel = "tasks";
 constexpr std::uint64_t kStopId = ~std::uint64_t{0};
 
-
 int fail(int code, const char* what, std::uint64_t a = 0, std::uint64_t b = 0) {
   std::fprintf(stderr, "child %d: check %d failed: %s (%llu, %llu)\n", ::getpid(), code, what,
                static_cast<unsigned long long>(a), static_cast<unsigned long long>(b));
   return code;
 }
-int fail(int code, const std::string& what, std::uint64_t a = 0) {
-  return fail(code, what.c_str(), a);
-}
+int fail(int code, const std::string& what, std::uint64_t a = 0) { return fail(code, what.c_str(), a); }
 
 std::uint32_t in_use(const BufferPool& p) {
   std::uint32_t n = 0;
@@ -137,16 +132,10 @@ kj::byte payload_byte(std::uint64_t id, std::size_t i) {
   return static_cast<kj::byte>((mix(id) >> (8 * (i & 7))) + i * 131 + (i >> 9));
 }
 
-std::string kind_text(std::uint64_t id) {
-  return "kind-" + std::to_string(id % 7) + "-" + std::to_string(id);
-}
+std::string kind_text(std::uint64_t id) { return "kind-" + std::to_string(id % 7) + "-" + std::to_string(id); }
 
-std::string str(capnp::Text::Reader t) {
-  return std::string(t.cStr(), t.size());
-}
-kj::StringPtr sp(const std::string& s) {
-  return kj::StringPtr(s.c_str(), s.size());
-}
+std::string str(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
+kj::StringPtr sp(const std::string& s) { return kj::StringPtr(s.c_str(), s.size()); }
 
 void fill_payload(capnp::Data::Builder p, std::uint64_t id) {
   for (std::size_t i = 0; i < p.size(); ++i) p[i] = payload_byte(id, i);
@@ -250,9 +239,7 @@ std::string check_event(EventMsg::Reader e, std::uint32_t i) {
 // text does not fit segment 0, the payload not segment 1; for ≥ 4,
 // unadopted orphans of 5000 and 70000 bytes push the payload further out.
 // The orphans are gone (zeroed by capnp) before the loan is sent.
-std::uint64_t multi_segment_payload(bool four_or_more) {
-  return four_or_more ? 300000 : 5000;
-}
+std::uint64_t multi_segment_payload(bool four_or_more) { return four_or_more ? 300000 : 5000; }
 void build_multi_segment(Publisher<Task>::Loan& loan, std::uint64_t id, bool four_or_more) {
   Task::Builder t = loan.root();
   t.setId(id);
@@ -282,9 +269,7 @@ std::string check_multi_segment(Task::Reader t, std::uint64_t id, bool four_or_m
 namespace {
 constexpr std::uint32_t kPerProducer = 3000;
 constexpr std::size_t kMaxWorkPayload = 2000;  // + kind: one 4 KiB segment
-std::size_t work_len(std::uint64_t id) {
-  return mix(id ^ 0x5555) % (kMaxWorkPayload + 1);
-}
+std::size_t work_len(std::uint64_t id) { return mix(id ^ 0x5555) % (kMaxWorkPayload + 1); }
 
 struct QueueBoard {
   std::atomic<int> consumers_ready;
@@ -922,11 +907,9 @@ TEST_CASE("bad use: a loan sent without a root, a channel without a pool - faile
 // Crash
 
 namespace {
-constexpr int kCrashIterations = 36;      // default (IPC_TEST_ITERATIONS overrides, up to the board size)
+constexpr int kCrashIterations = 36;       // default (IPC_TEST_ITERATIONS overrides, up to the board size)
 constexpr int kMaxCrashIterations = 1000;  // board size
-std::size_t crash_len(std::uint64_t id) {
-  return 16 * 1024 + mix(id ^ 0xabcd) % (224 * 1024);
-}
+std::size_t crash_len(std::uint64_t id) { return 16 * 1024 + mix(id ^ 0xabcd) % (224 * 1024); }
 
 struct CrashBoard {
   std::atomic<std::uint32_t> phase;     // publisher: 0 between messages, 1 filling the payload, 2 in send()

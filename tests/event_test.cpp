@@ -16,14 +16,14 @@
 
 using namespace ipc;
 using namespace std::chrono_literals;
-using ipc::test::TestDomain;
-using ipc::test::Children;
 using ipc::test::check_exit;
+using ipc::test::Children;
 using ipc::test::eventually;
 using ipc::test::kPromptMs;
 using ipc::test::ms_since;
 using ipc::test::now_ns;
 using ipc::test::opts;
+using ipc::test::TestDomain;
 
 namespace {
 
@@ -96,18 +96,18 @@ TEST_CASE("an epoll loop woken by listeners sees every notification's data (no l
   int sleeps = 0, wakeups = 0;
   auto deadline = std::chrono::steady_clock::now() + 20s;
   while (consumed < kItems && std::chrono::steady_clock::now() < deadline) {
-    listener.arm();                             // L1
-    std::uint64_t now = sh.produced.load();     // L2: re-check after arming
+    listener.arm();                          // L1
+    std::uint64_t now = sh.produced.load();  // L2: re-check after arming
     if (now != consumed) {
       consumed = now;
       continue;
     }
     ++sleeps;
     epoll_event out{};
-    int n = ::epoll_wait(ep, &out, 1, 5000);    // L3: must not miss the wake-up
+    int n = ::epoll_wait(ep, &out, 1, 5000);  // L3: must not miss the wake-up
     if (n == 1) {
       ++wakeups;
-      listener.drain();                         // L4
+      listener.drain();  // L4
     } else {
       break;  // a lost wake-up: 5 s without readiness while data was pending
     }

@@ -26,16 +26,15 @@
 
 using namespace ipc;
 using namespace std::chrono_literals;
-using ipc::test::Children;
 using ipc::test::check_exit;
+using ipc::test::Children;
 using ipc::test::eventually;
 using ipc::test::make_board;
 using ipc::test::opts;
-using ipc::test::TestDomain;
 using ipc::test::str;
+using ipc::test::TestDomain;
 
 namespace {
-
 
 // A 64-byte value whose fields derive from (key, version), with a checksum:
 // a torn value (half old, half new) fails check().
@@ -574,10 +573,9 @@ TEST_CASE("crash: rounds of SIGKILLed writers, no torn value, no lost acknowledg
         bool as_intent = present == (r.intent_present.load() != 0) && (!present || version == r.intent_version.load());
         if (torn || !(as_acked || as_intent)) {
           ++bad_rounds;
-          FAIL_CHECK("round " << round << " key " << key << ": torn=" << torn << " present=" << present
-                              << " version=" << version << " acked=(" << r.acked_present.load() << ","
-                              << r.acked_version.load() << ") intent=(" << r.intent_present.load() << ","
-                              << r.intent_version.load() << ")");
+          FAIL_CHECK("round " << round << " key " << key << ": torn=" << torn << " present=" << present << " version="
+                              << version << " acked=(" << r.acked_present.load() << "," << r.acked_version.load()
+                              << ") intent=(" << r.intent_present.load() << "," << r.intent_version.load() << ")");
         }
         r.acked_present.store(present);
         r.intent_present.store(present);
@@ -630,7 +628,8 @@ TEST_CASE("crash during growth: writers SIGKILLed while tables double, repair fi
     pid_t p = kids.spawn([&] {
       auto m = HashMap<std::uint64_t, Val>::create(seg, name, small_map(1, 8));
       for (std::uint64_t k = 0;; ++k) {
-        if (k == 20000) for (;;) ::pause();  // the segment holds this much, growth included
+        if (k == 20000)
+          for (;;) ::pause();  // the segment holds this much, growth included
         if (m.insert(k, make_val(k, 1)) != MapStatus::ok) {
           b.error.store(1);
           for (;;) ::pause();

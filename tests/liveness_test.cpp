@@ -4,8 +4,8 @@
 // its pid was reused at once. Real processes, real namespaces (unshare
 // CLONE_NEWPID needs root: the tests say so and skip otherwise), real SIGKILL.
 #include <sched.h>
-#include <sys/prctl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,9 +28,9 @@ using namespace std::chrono_literals;
 namespace {
 
 struct Board {
-  std::atomic<int> locked;        // the holder has the lock
-  std::atomic<int> release;       // the holder may unlock now
-  std::atomic<int> result;        // a waiter's LockResult + 1 (0: not yet)
+  std::atomic<int> locked;         // the holder has the lock
+  std::atomic<int> release;        // the holder may unlock now
+  std::atomic<int> result;         // a waiter's LockResult + 1 (0: not yet)
   std::atomic<std::uint32_t> pid;  // a process's pid in its own namespace
   std::atomic<std::uint64_t> token;
 };
@@ -66,12 +66,12 @@ pid_t spawn_in_new_pid_namespace(Children& children, const std::function<int()>&
   });
 }
 
-#define REQUIRE_NAMESPACES()                                                                        \
-  do {                                                                                              \
-    if (!namespaces_permitted()) {                                                                  \
+#define REQUIRE_NAMESPACES()                                                                           \
+  do {                                                                                                 \
+    if (!namespaces_permitted()) {                                                                     \
       MESSAGE("skipped: this process may not create PID namespaces (needs root or a user namespace)"); \
-      return;                                                                                       \
-    }                                                                                               \
+      return;                                                                                          \
+    }                                                                                                  \
   } while (0)
 
 }  // namespace
@@ -258,8 +258,7 @@ TEST_CASE("pid reused at once: a dead permit holder's permit comes back although
       for (;;) ::pause();
     }
     const bool reused = reuser == holder;
-    const detail::Liveness verdict =
-        detail::process_liveness(static_cast<pid_t>(b.pid.load()), b.token.load());
+    const detail::Liveness verdict = detail::process_liveness(static_cast<pid_t>(b.pid.load()), b.token.load());
     // The permit must come back (the waiter below recovers it).
     const SemaphoreResult got = sem.acquire_for(10s);
     ::kill(reuser, SIGKILL);

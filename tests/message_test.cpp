@@ -40,16 +40,12 @@ using ipc::test::schema::Color;
 using ipc::test::schema::Inner;
 
 namespace ipc {
-std::ostream& operator<<(std::ostream& os, MessageStatus s) {
-  return os << to_string(s);
-}
+std::ostream& operator<<(std::ostream& os, MessageStatus s) { return os << to_string(s); }
 }  // namespace ipc
 
 namespace {
 
-std::uint32_t my_pid() {
-  return static_cast<std::uint32_t>(::getpid());
-}
+std::uint32_t my_pid() { return static_cast<std::uint32_t>(::getpid()); }
 
 PoolConfig small_config() {
   PoolConfig c;
@@ -105,9 +101,7 @@ std::vector<Buffer> adopt_all(BufferPool& pool, const Board& board) {
 
 // ---- every field type: fill and check (the check returns "" or the first mismatch) ----
 
-std::string label(const char* prefix, std::size_t i) {
-  return prefix + std::to_string(i);
-}
+std::string label(const char* prefix, std::size_t i) { return prefix + std::to_string(i); }
 
 void fill_inner(Inner::Builder b, std::uint32_t id, const std::string& text) {
   b.setId(id);
@@ -689,8 +683,7 @@ TEST_CASE("2000+ random mutations of a message in shared memory: errors or valid
         std::memset(seg_data + at * 8, 0, std::min(len, words - at) * 8);
         break;
       }
-      default:
-        break;
+      default: break;
     }
     // Half the time re-sign the header (total, checksum) as a hostile peer
     // would, so capnp itself sees the damage; otherwise the checks catch it.

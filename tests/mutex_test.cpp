@@ -24,9 +24,9 @@
 
 using namespace ipc;
 using namespace std::chrono_literals;
-using ipc::test::TestDomain;
-using ipc::test::opts;
 using ipc::test::now_ns;
+using ipc::test::opts;
+using ipc::test::TestDomain;
 
 using ipc::test::check_exit;
 using ipc::test::Children;
@@ -52,9 +52,9 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-
-Mutex& make_mutex(Segment& seg, const char* name = "lock") { return seg.find_or_create<Mutex>(name, ObjectType::mutex); }
-
+Mutex& make_mutex(Segment& seg, const char* name = "lock") {
+  return seg.find_or_create<Mutex>(name, ObjectType::mutex);
+}
 
 // Non-atomic increment under the lock: read, a little work, write. Returns
 // false if a lock call did not return `acquired`.
@@ -289,9 +289,9 @@ TEST_CASE("owner SIGKILLed at random points: the next locker repairs from the jo
     ++done;
     if (!ok || s.child_error.load() != 0) break;
   }
-  MESSAGE("iterations " << done << ": owner_died " << owner_died << " (of which " << holds
-                        << " deliberate holds, " << repaired << " rollbacks), acquired " << acquired
-                        << ", commits " << s.commits.load() << ", final value " << last);
+  MESSAGE("iterations " << done << ": owner_died " << owner_died << " (of which " << holds << " deliberate holds, "
+                        << repaired << " rollbacks), acquired " << acquired << ", commits " << s.commits.load()
+                        << ", final value " << last);
   CHECK(done == kIterations);
   CHECK(owner_died >= holds);
   CHECK(repaired >= holds);  // a deliberate hold always leaves a pending journal
@@ -311,9 +311,9 @@ TEST_CASE("owner SIGKILLed while two processes are blocked in lock(): one gets o
   Mutex& m = make_mutex(seg);
   struct Board {
     std::atomic<int> holding;
-    std::atomic<int> results[2];   // LockResult + 1, 0 = not yet
+    std::atomic<int> results[2];  // LockResult + 1, 0 = not yet
     std::atomic<std::int64_t> done_ns[2];
-    std::uint64_t data;            // guarded
+    std::uint64_t data;  // guarded
   };
   Board& b = make_board<Board>(seg);
 
@@ -902,8 +902,8 @@ int log_lines_role() {
   if (!domain) return 1;
   Segment seg = Segment::create("log", opts(domain));
   Mutex& m = seg.find_or_create<Mutex>("m", ObjectType::mutex);
-  m.unlock();  // error: "unlock by a thread that does not own it"
-  std::thread([&] { (void)m.lock(); }).join();  // exits holding it
+  m.unlock();                                        // error: "unlock by a thread that does not own it"
+  std::thread([&] { (void)m.lock(); }).join();       // exits holding it
   if (m.lock() != LockResult::owner_died) return 2;  // warning: "previous owner died"
   m.mark_consistent();
   m.unlock();

@@ -8,8 +8,8 @@
 #include "support.hpp"
 
 using namespace ipc;
-using ipc::test::TestDomain;
 using ipc::test::opts;
+using ipc::test::TestDomain;
 
 namespace {
 

@@ -14,8 +14,8 @@
 
 using namespace ipc;
 using namespace std::chrono_literals;
-using ipc::test::TestDomain;
 using ipc::test::opts;
+using ipc::test::TestDomain;
 
 namespace {
 

@@ -13,8 +13,8 @@
 #include "support.hpp"
 
 using namespace ipc;
-using ipc::test::TestDomain;
 using ipc::test::opts;
+using ipc::test::TestDomain;
 
 TEST_CASE("concurrent last releases of one buffer free it exactly once") {
   TestDomain d;

@@ -15,8 +15,8 @@
 
 using namespace ipc;
 using namespace std::chrono_literals;
-using ipc::test::TestDomain;
 using ipc::test::opts;
+using ipc::test::TestDomain;
 
 namespace {
 
@@ -38,9 +38,9 @@ TEST_CASE("buddy: power-of-two runs, aligned, coalescing back into one block") {
   TestDomain d;
   Segment seg = Segment::create("large", opts(d, 8u << 20));
   BufferPool pool = BufferPool::create(seg, "p", region_config(LargeStrategy::buddy, 16));
-  Allocation a = pool.allocate(5000);  // 2 blocks
+  Allocation a = pool.allocate(5000);   // 2 blocks
   Allocation b = pool.allocate(13000);  // 4 blocks
-  Allocation c = pool.allocate(4096);  // 1 block
+  Allocation c = pool.allocate(4096);   // 1 block
   REQUIRE(a);
   REQUIRE(b);
   REQUIRE(c);

@@ -37,16 +37,16 @@
 
 using namespace ipc;
 using namespace std::chrono_literals;
-using ipc::test::TestDomain;
+using ipc::test::Children;
 using ipc::test::kPromptMs;
-using ipc::test::opts;
 using ipc::test::ms_between;
 using ipc::test::ms_since;
-using ipc::test::Children;
 using ipc::test::now_ns;
+using ipc::test::opts;
+using ipc::test::TestDomain;
 
-using ipc::test::eventually;
 using ipc::test::check_exit;
+using ipc::test::eventually;
 using ipc::test::make_board;
 
 using Clock = std::chrono::steady_clock;
@@ -183,8 +183,8 @@ TEST_CASE("default config: sizes map to the smallest fitting class, too_large be
   struct Case {
     std::size_t request, cls;
   };
-  const Case cases[] = {{1, 0},     {63, 0},    {64, 0},     {65, 1},     {256, 1},     {257, 2},    {1000, 2},
-                        {1024, 2},  {1025, 3},  {4096, 3},   {4097, 4},   {16384, 4},   {16385, 5},  {65536, 5}};
+  const Case cases[] = {{1, 0},    {63, 0},   {64, 0},   {65, 1},   {256, 1},   {257, 2},   {1000, 2},
+                        {1024, 2}, {1025, 3}, {4096, 3}, {4097, 4}, {16384, 4}, {16385, 5}, {65536, 5}};
   {
     std::vector<Buffer> held;
     std::vector<std::uint32_t> per_class(def.class_sizes.size(), 0);
@@ -217,7 +217,8 @@ TEST_CASE("default config: sizes map to the smallest fitting class, too_large be
     std::vector<std::pair<std::uintptr_t, std::size_t>> ranges;
     for (const Buffer& b : held) ranges.emplace_back(reinterpret_cast<std::uintptr_t>(b.data()), b.capacity());
     std::sort(ranges.begin(), ranges.end());
-    for (std::size_t i = 1; i < ranges.size(); ++i) CHECK(ranges[i - 1].first + ranges[i - 1].second <= ranges[i].first);
+    for (std::size_t i = 1; i < ranges.size(); ++i)
+      CHECK(ranges[i - 1].first + ranges[i - 1].second <= ranges[i].first);
 
     st = pool.stats();
     std::uint64_t bytes = 0;
@@ -421,8 +422,8 @@ TEST_CASE("4 processes allocate and free concurrently: every buffer keeps its ow
   b.go.store(1);
   for (pid_t p : pids) check_exit(kids.wait(p, 30s), "churn child");
   INFO("first corruption: class " << b.bad_class.load() << " index " << b.bad_index.load() << " seen by pid "
-                                  << b.bad_pid.load() << " expected " << std::hex << b.bad_expected.load()
-                                  << " found " << b.bad_found.load() << std::dec);
+                                  << b.bad_pid.load() << " expected " << std::hex << b.bad_expected.load() << " found "
+                                  << b.bad_found.load() << std::dec);
   CHECK(b.corruptions.load() == 0);
   MESSAGE(b.allocs.load() << " allocations, " << b.exhausted.load() << " exhausted");
   CHECK(b.allocs.load() > 0);
@@ -660,7 +661,8 @@ TEST_CASE("transfer() moves a reference to another pid, adopt() takes one over a
   full_scan(pool, all_free(pool));
 }
 
-TEST_CASE("a holder SIGKILLed: its references are dropped by reclaim, the buffer freed only when nobody else holds it") {
+TEST_CASE(
+    "a holder SIGKILLed: its references are dropped by reclaim, the buffer freed only when nobody else holds it") {
   TestDomain d;
   Segment seg = Segment::create("holderkill", opts(d, kPoolSegmentBytes));
   BufferPool pool = BufferPool::create(seg, "pool", config({512}, 8, 0));
@@ -736,7 +738,7 @@ TEST_CASE("policy fail: exhausted once every buffer of the class is taken, other
   CHECK(none.status == AllocStatus::exhausted);
   CHECK_FALSE(none.buffer);
   CHECK(pool.allocate(1, Priority::high).status == AllocStatus::exhausted);  // no reserve configured
-  CHECK_PROMPT(ms_since(t0), kPromptMs);  // fail policy: at once
+  CHECK_PROMPT(ms_since(t0), kPromptMs);                                     // fail policy: at once
   PoolStats st = pool.stats();
   CHECK(st.classes[0].in_use == 10);
   CHECK(st.classes[1].in_use == 0);  // no silent fall-back to a bigger class
@@ -1105,9 +1107,9 @@ TEST_CASE("pressure handlers fire highest priority first on every level change, 
   }
   CHECK(pool.pressure() == PressureLevel::none);
 
-  const std::pair<PL, PL> changes[] = {{PL::low, PL::none},    {PL::medium, PL::low},  {PL::high, PL::medium},
+  const std::pair<PL, PL> changes[] = {{PL::low, PL::none},      {PL::medium, PL::low},    {PL::high, PL::medium},
                                        {PL::critical, PL::high}, {PL::high, PL::critical}, {PL::medium, PL::high},
-                                       {PL::low, PL::medium},  {PL::none, PL::low}};
+                                       {PL::low, PL::medium},    {PL::none, PL::low}};
   // Where each change must fire (the threshold crossing, either side of it).
   const std::pair<int, int> at[] = {{60, 61}, {80, 81}, {90, 91}, {95, 96}, {94, 95}, {89, 90}, {79, 80}, {59, 60}};
   REQUIRE(calls.size() == 3 * std::size(changes));
@@ -1211,8 +1213,8 @@ void killed_holder_scenario(std::uint32_t cache) {
   REQUIRE(cs != nullptr);
   CHECK(cs->alive);
   CHECK(cs->buffers == 1000 + cached);
-  CHECK(cs->bytes == 500 * 64 + 500 * 1024 + std::uint64_t{st.classes[0].cached} * 64 +
-                         std::uint64_t{st.classes[1].cached} * 1024);
+  CHECK(cs->bytes ==
+        500 * 64 + 500 * 1024 + std::uint64_t{st.classes[0].cached} * 64 + std::uint64_t{st.classes[1].cached} * 1024);
   MESSAGE(cached << " buffers idle in the child's cache");
 
   kids.kill(child);
@@ -1386,8 +1388,7 @@ int random_worker(const std::string& domain, RandomBoard& b, unsigned seed) {
           if (p.release(h) != HS::ok) return fail(6);
           break;
         }
-        default:
-          held[i].buf.reset();
+        default: held[i].buf.reset();
       }
       held.erase(held.begin() + static_cast<std::ptrdiff_t>(i));
     }
@@ -1461,16 +1462,16 @@ TEST_CASE("processes SIGKILLed at random points in alloc/free loops: reclaim res
            holds(mine[i].data(), mine[i].capacity(), tag_of(my_pid(), static_cast<std::uint32_t>(i)));
     CHECK_MESSAGE(ok, "after killing " << n << " child(ren) and reclaiming " << reclaimed << " buffers: held_by left "
                                        << still_held << ", claimed_bytes " << st.claimed_bytes << " (the parent's "
-                                       << parent_bytes << "), in_use/cached per class:" << in_use
-                                       << ", child errors " << b.errors.load());
+                                       << parent_bytes << "), in_use/cached per class:" << in_use << ", child errors "
+                                       << b.errors.load());
     if (!ok) break;
     if (it % 10 == 9 || it == kIterations - 1) {
       CHECK(pool.reclaim_dead() == 0);
       full_scan(pool, {14, 14, 14});
     }
   }
-  MESSAGE(done << " iterations (" << early_kills << " early kills): " << reclaimed_total
-                      << " buffers reclaimed, " << b.ops.load() << " child operations");
+  MESSAGE(done << " iterations (" << early_kills << " early kills): " << reclaimed_total << " buffers reclaimed, "
+               << b.ops.load() << " child operations");
   INFO("first child error code " << b.first_error.load());
   CHECK(b.errors.load() == 0);
   CHECK(b.ops.load() > 0);
@@ -1666,7 +1667,8 @@ TEST_CASE("invalid PoolConfig is refused with invalid_argument naming the proble
   refused(c, "zero-byte class", {"class_sizes", "class size", "size class", "zero", " 0"});
   c = {};
   c.class_sizes.clear();
-  for (std::size_t i = 0; i <= static_cast<std::size_t>(BufferPool::kMaxClasses); ++i) c.class_sizes.push_back(64 * (i + 1));
+  for (std::size_t i = 0; i <= static_cast<std::size_t>(BufferPool::kMaxClasses); ++i)
+    c.class_sizes.push_back(64 * (i + 1));
   refused(c, "too many classes", {"class", "32"});
   c = {};
   c.buffers_per_class = 0;

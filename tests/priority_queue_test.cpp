@@ -35,17 +35,16 @@ using namespace std::chrono_literals;
 using ipc::test::check_exit;
 using ipc::test::Children;
 using ipc::test::eventually;
-using ipc::test::make_board;
-using ipc::test::opts;
-using ipc::test::TestDomain;
 using ipc::test::kPromptMs;
+using ipc::test::make_board;
 using ipc::test::ms_since;
+using ipc::test::opts;
 using ipc::test::str;
+using ipc::test::TestDomain;
 
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
 
 struct Pair {
   std::uint32_t producer;
@@ -74,7 +73,6 @@ bool intact(const Item& it) {
     if (b != static_cast<std::uint8_t>(it.id & 0xff)) return false;
   return true;
 }
-
 
 }  // namespace
 
@@ -347,9 +345,9 @@ TEST_CASE("BufferHandle payloads: buffers written by one process are read by the
       const int fill = static_cast<int>(buf->data()[0]);
       for (int k = 0; k < 256; ++k)
         if (static_cast<int>(buf->data()[k]) != fill) return 3;
-      if ((fill - 1) % 3 != prio) return 4;                       // the handle travelled with its priority
-      if (prio > last_prio) return 5;                              // priority order
-      if (prio == last_prio && fill <= last_fill) return 6;        // FIFO among equals
+      if ((fill - 1) % 3 != prio) return 4;                  // the handle travelled with its priority
+      if (prio > last_prio) return 5;                        // priority order
+      if (prio == last_prio && fill <= last_fill) return 6;  // FIFO among equals
       last_prio = prio;
       last_fill = fill;
     }  // each Buffer releases its reference: the pool is empty again
@@ -498,7 +496,7 @@ struct CrashBoard {
   std::atomic<int> started;
   std::atomic<std::uint32_t> duplicate_pops;  // a child popped an id already recorded as popped
   std::atomic<std::uint32_t> torn_pops;
-  Item pop_out;                               // written by the library before the element leaves
+  Item pop_out;  // written by the library before the element leaves
   std::atomic<std::uint8_t> state[kMaxIds];
 };
 
@@ -576,8 +574,10 @@ void crash_rounds(const char* segname, std::uint32_t capacity, std::uint32_t pre
       std::this_thread::sleep_for(std::chrono::microseconds(rng() % max_delay_us));
       ::kill(r, SIGKILL);
       const ipc::test::ChildExit ex = kids.wait(r);
-      if (ex.signaled) ++repairers_killed_running;  // killed inside open/lock/repair/check
-      else CHECK_MESSAGE(ipc::test::child_ok(ex), "a repairer found a broken queue");
+      if (ex.signaled)
+        ++repairers_killed_running;  // killed inside open/lock/repair/check
+      else
+        CHECK_MESSAGE(ipc::test::child_ok(ex), "a repairer found a broken queue");
     }
     auto t0 = Clock::now();
     std::optional<std::string> problem = q.check();  // repairs if the victim held the lock
@@ -616,15 +616,17 @@ void crash_rounds(const char* segname, std::uint32_t capacity, std::uint32_t pre
   const std::uint64_t n = std::min<std::uint64_t>(b.next_id.load(), kMaxIds);
   for (std::uint64_t id = 0; id < n; ++id) {
     if (b.state[id].load() != kAcked || present.count(id)) continue;
-    if (maybe_consumed.count(id)) ++excused;
-    else ++lost;
+    if (maybe_consumed.count(id))
+      ++excused;
+    else
+      ++lost;
   }
   QueueStats st = q.stats();
   CHECK(rounds == iterations);  // the id space did not run out first
   if (kill_repairers) MESSAGE(repairers_killed_running << " repairers were killed before finishing");
   MESSAGE(rounds << " kills: " << st.repairs << " repairs, " << n << " ids, " << present.size()
-                     << " left in the queue, " << excused << " consumed by a pop killed before recording it; slowest check() "
-                     << slowest_check_ms << " ms");
+                 << " left in the queue, " << excused
+                 << " consumed by a pop killed before recording it; slowest check() " << slowest_check_ms << " ms");
   CHECK(torn == 0);
   CHECK(twice == 0);
   CHECK(order_violations == 0);

@@ -43,8 +43,8 @@ static_assert(make_word(0, SlotState::empty, kPidMask) == kPidMask);
 
 // Lap distance: seq - pos, signed, modulo 2^32.
 static_assert(distance(make_word(10, SlotState::full, 0), 10) == 0);
-static_assert(distance(make_word(14, SlotState::empty, 0), 10) == 4);   // the slot serves a later lap
-static_assert(distance(make_word(6, SlotState::empty, 0), 10) == -4);   // the slot is a lap behind
+static_assert(distance(make_word(14, SlotState::empty, 0), 10) == 4);  // the slot serves a later lap
+static_assert(distance(make_word(6, SlotState::empty, 0), 10) == -4);  // the slot is a lap behind
 // Across the wrap of the 32-bit sequence.
 static_assert(distance(make_word(2, SlotState::empty, 0), k2p32 - 2) == 4);
 static_assert(distance(make_word(k2p32 - 2, SlotState::empty, 0), 2) == -4);
@@ -74,8 +74,8 @@ static_assert(kMaxCapacity == 1u << 16);
 }  // namespace
 
 TEST_CASE("slot words: fields round-trip for positions around the 2^32 wrap and every state") {
-  const std::vector<std::uint64_t> positions = {0, 1, k2p32 - 3, k2p32 - 1, k2p32, k2p32 + 1, 7 * k2p32 + 12345,
-                                                (std::uint64_t{1} << 47) - 1};
+  const std::vector<std::uint64_t> positions = {0,     1,         k2p32 - 3,         k2p32 - 1,
+                                                k2p32, k2p32 + 1, 7 * k2p32 + 12345, (std::uint64_t{1} << 47) - 1};
   const SlotState states[] = {SlotState::empty, SlotState::writing, SlotState::full, SlotState::reading};
   const std::vector<std::uint32_t> pids = {0, 1, 4194303, kPidMask, kPidMask + 1, 0xffffffffu};
   int checked = 0;
@@ -124,8 +124,8 @@ TEST_CASE("slot holders: one distinct id per (tag, slot) of a ring, none collide
     for (std::uint32_t i = 0; i < kMaxCapacity; ++i) ids.insert(slot_holder(tag, i));
     CHECK(ids.size() == kMaxCapacity);
     CHECK(*ids.begin() == slot_holder(tag, 0));
-    CHECK(*ids.begin() >= 0x40000000u);      // above every pid (pid_max <= 2^22)
-    CHECK(*ids.rbegin() < 0x80000000u);      // bit 31 stays clear
+    CHECK(*ids.begin() >= 0x40000000u);  // above every pid (pid_max <= 2^22)
+    CHECK(*ids.rbegin() < 0x80000000u);  // bit 31 stays clear
     CHECK(((*ids.begin() >> 16) & 0x3fffu) == tag);
   }
   CHECK(slot_holder(0x3fff + 1, 3) == slot_holder(0, 3));  // the tag is 14 bits

@@ -17,9 +17,8 @@
 #include "support.hpp"
 
 using namespace ipc;
-using ipc::test::TestDomain;
 using ipc::test::opts;
-
+using ipc::test::TestDomain;
 
 namespace {
 
@@ -43,7 +42,6 @@ ErrorCode open_error(const TestDomain& d, const std::string& name, std::string* 
   FAIL("open succeeded but should have failed");
   return ErrorCode::system;
 }
-
 
 }  // namespace
 
@@ -372,7 +370,7 @@ TEST_CASE("mode and group are applied on creation") {
   o.mode = 0640;
   o.group = ::getegid();
   Segment seg = Segment::create("modes", o);
-  struct stat st{};
+  struct stat st {};
   REQUIRE(::stat(path_of(d, "modes").c_str(), &st) == 0);
   CHECK((st.st_mode & 07777) == 0640);
   CHECK(st.st_gid == ::getegid());

@@ -25,24 +25,23 @@
 
 using namespace ipc;
 using namespace std::chrono_literals;
-using ipc::test::TestDomain;
 using ipc::test::kPromptMs;
 using ipc::test::ms_between;
 using ipc::test::ms_since;
+using ipc::test::now_ns;
+using ipc::test::opts;
 using ipc::test::spin;
 using ipc::test::str;
-using ipc::test::opts;
-using ipc::test::now_ns;
+using ipc::test::TestDomain;
 
-using ipc::test::eventually;
 using ipc::test::check_exit;
-using ipc::test::make_board;
 using ipc::test::Children;
+using ipc::test::eventually;
+using ipc::test::make_board;
 
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
 
 Semaphore& make_sem(Segment& seg, std::uint32_t initial, const char* name = "sem") {
   return seg.find_or_create<Semaphore>(name, ObjectType::semaphore, initial);
@@ -313,7 +312,7 @@ TEST_CASE("a holder of 2 permits SIGKILLed: a waiter blocked in acquire_for gets
   CHECK(b.result.load() == static_cast<int>(SemaphoreResult::acquired) + 1);
   CHECK_PROMPT(ms_between(killed_ns, b.got_ns.load()), kPromptMs);
   CHECK(b.held_by_waiter.load() == 1);
-  CHECK(s.available() == 1);  // 2 permits, 1 held by the waiter
+  CHECK(s.available() == 1);     // 2 permits, 1 held by the waiter
   CHECK(s.reclaim_dead() == 0);  // already reclaimed
 
   b.release.store(1);
@@ -514,9 +513,11 @@ TEST_CASE("holders SIGKILLed at random points in acquire/release cycles: reclaim
     b.started.store(0);
     b.holding.store(0);
 
-    pid_t first = kids.spawn([&, salt = static_cast<unsigned>(rng())] { return acquire_release_loop(s, b, hold, salt); });
+    pid_t first =
+        kids.spawn([&, salt = static_cast<unsigned>(rng())] { return acquire_release_loop(s, b, hold, salt); });
     pid_t second = 0;
-    if (two) second = kids.spawn([&, salt = static_cast<unsigned>(rng())] { return acquire_release_loop(s, b, false, salt); });
+    if (two)
+      second = kids.spawn([&, salt = static_cast<unsigned>(rng())] { return acquire_release_loop(s, b, false, salt); });
     if (hold) {
       ++holds;
       REQUIRE(eventually([&] { return b.holding.load() != 0; }));
@@ -550,8 +551,8 @@ TEST_CASE("holders SIGKILLed at random points in acquire/release cycles: reclaim
     if (s.available() != kInitial || b.errors.load() != 0) break;
   }
   MESSAGE("iterations " << kIterations << ": " << holds << " deliberate holds, " << reclaimed_total
-                        << " permits reclaimed, " << b.cycles.load() << " acquire/release cycles; slowest reclaim_dead() "
-                        << max_reclaim_ms << " ms");
+                        << " permits reclaimed, " << b.cycles.load()
+                        << " acquire/release cycles; slowest reclaim_dead() " << max_reclaim_ms << " ms");
   CHECK(s.available() == kInitial);
   CHECK(s.held_by_me() == 0);
 }

@@ -27,24 +27,23 @@
 
 using namespace ipc;
 using namespace std::chrono_literals;
-using ipc::test::TestDomain;
+using ipc::test::Children;
 using ipc::test::kPromptMs;
 using ipc::test::ms_between;
 using ipc::test::ms_since;
+using ipc::test::now_ns;
+using ipc::test::opts;
 using ipc::test::spin;
 using ipc::test::str;
-using ipc::test::opts;
-using ipc::test::now_ns;
-using ipc::test::Children;
+using ipc::test::TestDomain;
 
-using ipc::test::eventually;
 using ipc::test::check_exit;
+using ipc::test::eventually;
 using ipc::test::make_board;
 
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
 
 SharedMutex& make_rw(Segment& seg, const char* name = "rw") {
   return seg.find_or_create<SharedMutex>(name, ObjectType::shared_mutex);
@@ -684,7 +683,7 @@ TEST_CASE("writers and readers SIGKILLed at random points: invariant holds, noth
     double ms = ms_since(t0);
     worst_ms = std::max(worst_ms, ms);
     REQUIRE_MESSAGE(owns(r), "lock after the kills returned " << str(r) << " after " << ms << " ms");
-    CHECK(ms < kPromptMs);  // the slowest is printed below
+    CHECK(ms < kPromptMs);    // the slowest is printed below
     CHECK(m.readers() == 0);  // every reader is dead: their counts were reclaimed
     if (hold) CHECK(r == LockResult::owner_died);
     if (r == LockResult::owner_died) {
@@ -707,8 +706,8 @@ TEST_CASE("writers and readers SIGKILLed at random points: invariant holds, noth
   }
   MESSAGE("iterations " << kIterations << ": owner_died " << owner_died << " (torn " << torn << ", deliberate holds "
                         << holds << "), writes " << s.writes.load() << ", reads " << s.reads.load()
-                        << ", reader owner_died " << s.reader_owner_died.load() << ", slowest recovery "
-                        << worst_ms << " ms");
+                        << ", reader owner_died " << s.reader_owner_died.load() << ", slowest recovery " << worst_ms
+                        << " ms");
   CHECK(owner_died >= holds);
   CHECK(torn >= holds);
   CHECK(m.try_lock() == LockResult::acquired);
@@ -779,8 +778,8 @@ TEST_CASE("reader slots: live processes that released their read locks do not us
   auto t0 = Clock::now();
   LockResult r = m.try_lock_shared_for(60s);  // far longer than the bound below
   double ms = ms_since(t0);
-  INFO("try_lock_shared_for(60s) with no read lock held anywhere returned " << str(r) << ", using "
-                                                                           << cpu_ms() - cpu0 << " ms of CPU");
+  INFO("try_lock_shared_for(60s) with no read lock held anywhere returned " << str(r) << ", using " << cpu_ms() - cpu0
+                                                                            << " ms of CPU");
   CHECK(r == LockResult::acquired);
   CHECK_PROMPT(ms, kPromptMs);
   if (owns(r)) m.unlock_shared();
@@ -875,7 +874,8 @@ TEST_CASE("threads of one process: 3 readers share, 2 writers exclude (TSan)") {
   MESSAGE("reads " << reads.load());
 }
 
-TEST_CASE("a thread that exits holding a read lock leaves it held while its process lives, stray unlock_shared is ignored") {
+TEST_CASE(
+    "a thread that exits holding a read lock leaves it held while its process lives, stray unlock_shared is ignored") {
   TestDomain d;
   Segment seg = Segment::create("texit", opts(d));
   SharedMutex& m = make_rw(seg);

@@ -36,9 +36,9 @@
 
 #include <doctest/doctest.h>
 
+#include "ipc/channel_message.hpp"
 #include "ipc/error.hpp"
 #include "ipc/pool.hpp"
-#include "ipc/channel_message.hpp"
 #include "ipc/segment.hpp"
 
 // doctest prints these by name (found by argument-dependent lookup).
@@ -75,11 +75,11 @@ int remove_domain_files(const std::string& domain);
 pid_t fork_child(const std::function<int()>& fn);
 
 struct ChildExit {
-  bool exited = false;      // normal exit
-  int code = -1;            // exit code if exited
+  bool exited = false;  // normal exit
+  int code = -1;        // exit code if exited
   bool signaled = false;
   int signal = 0;
-  bool timed_out = false;   // we had to SIGKILL it
+  bool timed_out = false;  // we had to SIGKILL it
 };
 ChildExit wait_child(pid_t pid, std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
@@ -122,7 +122,6 @@ unsigned seed();
 // Printed (MESSAGE) either way.
 int iterations(int default_count);
 
-
 // ---- shared by the multi-process tests ----
 
 // Options for a test segment in domain d (1 MiB unless told otherwise).
@@ -163,10 +162,7 @@ inline void spin(unsigned n) {
 // Names of library enums as strings (doctest prints a const char* as a
 // pointer): CHECK(str(r) == "ok"). Found through to_string by ADL.
 template <typename E>
-  requires std::is_enum_v<E>
-std::string str(E e) {
-  return std::string(to_string(e));
-}
+requires std::is_enum_v<E> std::string str(E e) { return std::string(to_string(e)); }
 
 // A value-initialised (all zero) struct T in the segment.
 template <typename T>
@@ -217,8 +213,8 @@ class Children {
 };
 
 inline void check_exit(const test::ChildExit& e, const std::string& what = "child") {
-  CHECK_MESSAGE(test::child_ok(e), what << ": exited=" << e.exited << " code=" << e.code << " signaled="
-                                        << e.signaled << " signal=" << e.signal << " timed_out=" << e.timed_out);
+  CHECK_MESSAGE(test::child_ok(e), what << ": exited=" << e.exited << " code=" << e.code << " signaled=" << e.signaled
+                                        << " signal=" << e.signal << " timed_out=" << e.timed_out);
 }
 
 }  // namespace ipc::test
@@ -228,19 +224,19 @@ inline void check_exit(const test::ChildExit& e, const std::string& what = "chil
 // full object) returned only after the other side released it: it stamps
 // `released_ns` (now_ns()) just before releasing, the waiter stamps
 // `returned_ns` when the call returns.
-#define CHECK_RETURNED_AFTER(released_ns, returned_ns, what)                               \
-  do {                                                                                     \
-    const std::int64_t ipc_test_released_ = (released_ns);                                 \
+#define CHECK_RETURNED_AFTER(released_ns, returned_ns, what)                                       \
+  do {                                                                                             \
+    const std::int64_t ipc_test_released_ = (released_ns);                                         \
     CHECK_MESSAGE(ipc_test_released_ != 0, what << " returned before the other side released it"); \
-    CHECK(ipc_test_released_ <= (returned_ns));                                            \
+    CHECK(ipc_test_released_ <= (returned_ns));                                                    \
   } while (0)
 
 // CHECK_PROMPT(ms, bound): the measured figure `ms` (milliseconds) is printed
 // (MESSAGE) and must be below `bound` (test::kPromptMs or test::kHangMs):
 // "eventually, within a generous bound", never a speed criterion.
-#define CHECK_PROMPT(ms, bound)                                                        \
-  do {                                                                                 \
-    const double ipc_test_ms_ = (ms);                                                  \
-    MESSAGE(#ms " = " << ipc_test_ms_ << " ms (must be < " << (bound) << " ms)");      \
-    CHECK(ipc_test_ms_ < (bound));                                                     \
+#define CHECK_PROMPT(ms, bound)                                                   \
+  do {                                                                            \
+    const double ipc_test_ms_ = (ms);                                             \
+    MESSAGE(#ms " = " << ipc_test_ms_ << " ms (must be < " << (bound) << " ms)"); \
+    CHECK(ipc_test_ms_ < (bound));                                                \
   } while (0)

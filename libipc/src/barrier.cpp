@@ -11,7 +11,8 @@ namespace ipc {
 std::string BarrierResult::message() const {
   switch (status) {
     case ok: return "ok";
-    case broken: return "barrier broken: participant pid " + std::to_string(dead_pid) + " died; call reset() and re-join";
+    case broken:
+      return "barrier broken: participant pid " + std::to_string(dead_pid) + " died; call reset() and re-join";
     case timed_out: return "barrier wait timed out";
     case not_joined: return "the calling thread has not joined the barrier; call join() first";
     case not_recoverable: return "the barrier's internal lock is not recoverable; recreate the barrier";
@@ -59,7 +60,8 @@ void Barrier::join() {
   if (participants_ == 0)
     throw Error(ErrorCode::invalid_argument, "barrier was created with an invalid participant count (must be 1.." +
                                                  std::to_string(kMaxParticipants) + ")");
-  if (!lock_internal()) throw Error(ErrorCode::not_recoverable, "barrier lock is not recoverable; recreate the barrier");
+  if (!lock_internal())
+    throw Error(ErrorCode::not_recoverable, "barrier lock is not recoverable; recreate the barrier");
   struct Unlock {
     Mutex& m;
     ~Unlock() { m.unlock(); }
@@ -194,4 +196,3 @@ void Barrier::reset() noexcept {
 }
 
 }  // namespace ipc
-

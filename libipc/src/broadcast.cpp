@@ -45,11 +45,17 @@ struct alignas(64) BroadcastHeader {
 static_assert(sizeof(BroadcastHeader) % 64 == 0);
 // The segment format, pinned: a change here is a layout version bump.
 static_assert(sizeof(BroadcastHeader) == 4544 && alignof(BroadcastHeader) == 64);
-static_assert(offsetof(BroadcastHeader, magic) == 0 && offsetof(BroadcastHeader, version) == 4 && offsetof(BroadcastHeader, capacity) == 8 && offsetof(BroadcastHeader, slot_bytes) == 12);
-static_assert(offsetof(BroadcastHeader, policy) == 16 && offsetof(BroadcastHeader, pool_id) == 20 && offsetof(BroadcastHeader, tag) == 24 && offsetof(BroadcastHeader, max_subscribers) == 28);
-static_assert(offsetof(BroadcastHeader, subs_offset) == 32 && offsetof(BroadcastHeader, slots_offset) == 40 && offsetof(BroadcastHeader, object_bytes) == 48 && offsetof(BroadcastHeader, tail) == 64);
-static_assert(offsetof(BroadcastHeader, publishes) == 72 && offsetof(BroadcastHeader, recovered) == 80 && offsetof(BroadcastHeader, publish_blocked_ns) == 88 && offsetof(BroadcastHeader, claim_generation) == 128);
-static_assert(offsetof(BroadcastHeader, joins) == 136 && offsetof(BroadcastHeader, data_waiters) == 192 && offsetof(BroadcastHeader, space_waiters) == 256 && offsetof(BroadcastHeader, data) == 320);
+static_assert(offsetof(BroadcastHeader, magic) == 0 && offsetof(BroadcastHeader, version) == 4 &&
+              offsetof(BroadcastHeader, capacity) == 8 && offsetof(BroadcastHeader, slot_bytes) == 12);
+static_assert(offsetof(BroadcastHeader, policy) == 16 && offsetof(BroadcastHeader, pool_id) == 20 &&
+              offsetof(BroadcastHeader, tag) == 24 && offsetof(BroadcastHeader, max_subscribers) == 28);
+static_assert(offsetof(BroadcastHeader, subs_offset) == 32 && offsetof(BroadcastHeader, slots_offset) == 40 &&
+              offsetof(BroadcastHeader, object_bytes) == 48 && offsetof(BroadcastHeader, tail) == 64);
+static_assert(offsetof(BroadcastHeader, publishes) == 72 && offsetof(BroadcastHeader, recovered) == 80 &&
+              offsetof(BroadcastHeader, publish_blocked_ns) == 88 &&
+              offsetof(BroadcastHeader, claim_generation) == 128);
+static_assert(offsetof(BroadcastHeader, joins) == 136 && offsetof(BroadcastHeader, data_waiters) == 192 &&
+              offsetof(BroadcastHeader, space_waiters) == 256 && offsetof(BroadcastHeader, data) == 320);
 static_assert(offsetof(BroadcastHeader, space) == 2432);
 
 struct alignas(64) SubscriberSlot {
@@ -62,15 +68,16 @@ struct alignas(64) SubscriberSlot {
 static_assert(sizeof(SubscriberSlot) == 64);
 // The segment format, pinned: a change here is a layout version bump.
 static_assert(sizeof(SubscriberSlot) == 64 && alignof(SubscriberSlot) == 64);
-static_assert(offsetof(SubscriberSlot, owner) == 0 && offsetof(SubscriberSlot, token) == 8 && offsetof(SubscriberSlot, cursor) == 16 && offsetof(SubscriberSlot, received) == 24);
+static_assert(offsetof(SubscriberSlot, owner) == 0 && offsetof(SubscriberSlot, token) == 8 &&
+              offsetof(SubscriberSlot, cursor) == 16 && offsetof(SubscriberSlot, received) == 24);
 static_assert(offsetof(SubscriberSlot, missed) == 32);
 
 void validate(const BroadcastConfig& c, std::string_view name) {
   const std::string what = "broadcast '" + std::string(name) + "': ";
   ring::validate_geometry("broadcast '" + std::string(name) + "'", c.capacity, c.slot_bytes);
   if (c.max_subscribers < 1 || c.max_subscribers > Broadcast::kMaxSubscribersLimit)
-    throw Error(ErrorCode::invalid_argument, what + "max_subscribers " + std::to_string(c.max_subscribers) +
-                                                 " must be between 1 and 4096");
+    throw Error(ErrorCode::invalid_argument,
+                what + "max_subscribers " + std::to_string(c.max_subscribers) + " must be between 1 and 4096");
   if (c.policy != BroadcastPolicy::lossy && c.policy != BroadcastPolicy::blocking)
     throw Error(ErrorCode::invalid_argument, what + "unknown policy");
 }
@@ -97,7 +104,9 @@ struct Broadcast::State {
   ring::StuckTimer stuck_slot, stuck_subscriber;
 
   ring::SlotHeader* slot(std::uint64_t pos) const noexcept { return ring::slot_at(slots, slot_bytes, mask, pos); }
-  std::uint32_t holder(std::uint64_t pos) const noexcept { return ring::slot_holder(tag, static_cast<std::uint32_t>(pos & mask)); }
+  std::uint32_t holder(std::uint64_t pos) const noexcept {
+    return ring::slot_holder(tag, static_cast<std::uint32_t>(pos & mask));
+  }
   std::size_t payload_capacity() const noexcept { return slot_bytes - ring::kSlotHeaderBytes; }
 
   SendStatus put(std::span<const std::byte> bytes, std::span<Buffer> buffers) noexcept;
@@ -124,7 +133,8 @@ std::shared_ptr<Broadcast::State> attach(Segment& segment, std::string_view name
                                          BufferPool* pool) {
   const std::string what = "broadcast '" + std::string(name) + "' in segment '" + segment.name() + "'";
   auto* h = static_cast<BroadcastHeader*>(data);
-  if (size < sizeof(BroadcastHeader)) throw Error(ErrorCode::corrupted, what + ": object too small for a broadcast header");
+  if (size < sizeof(BroadcastHeader))
+    throw Error(ErrorCode::corrupted, what + ": object too small for a broadcast header");
   if (h->magic != kBroadcastMagic) throw Error(ErrorCode::bad_magic, what + ": not an initialised broadcast channel");
   if (h->version != kBroadcastVersion)
     throw Error(ErrorCode::version_mismatch, what + ": layout version " + std::to_string(h->version) +
@@ -179,7 +189,8 @@ Broadcast Broadcast::create(Segment& segment, std::string_view name, const Broad
     new (&h->data) Event();
     new (&h->space) Event();
     auto* base = static_cast<std::byte*>(data);
-    for (std::uint32_t i = 0; i < config.max_subscribers; ++i) new (base + h->subs_offset + i * sizeof(SubscriberSlot)) SubscriberSlot{};
+    for (std::uint32_t i = 0; i < config.max_subscribers; ++i)
+      new (base + h->subs_offset + i * sizeof(SubscriberSlot)) SubscriberSlot{};
     ring::init_slots(base + h->slots_offset, config.capacity, config.slot_bytes);
     h->version = kBroadcastVersion;
     h->magic = kBroadcastMagic;
@@ -258,8 +269,13 @@ Subscription::Subscription(std::shared_ptr<Broadcast::State> s, int slot, std::u
 }
 
 Subscription::Subscription(Subscription&& o) noexcept
-    : s_(std::move(o.s_)), slot_(o.slot_), owner_(o.owner_), cursor_(o.cursor_), stuck_(o.stuck_),
-      pending_missed_(o.pending_missed_), empty_polls_(o.empty_polls_) {
+    : s_(std::move(o.s_)),
+      slot_(o.slot_),
+      owner_(o.owner_),
+      cursor_(o.cursor_),
+      stuck_(o.stuck_),
+      pending_missed_(o.pending_missed_),
+      empty_polls_(o.empty_polls_) {
   o.slot_ = -1;
 }
 
@@ -330,7 +346,8 @@ bool Broadcast::State::room_for(std::uint64_t pos) noexcept {
   // dead: drop it. Both only after kStuckCheck without progress.
   ring::SlotHeader* at = slot(lowest);
   const std::uint64_t w = at->word.load(std::memory_order_acquire);
-  if (ring::distance(w, lowest) == 0 && ring::state_of(w) == ring::SlotState::writing && ring::claimer_dead(w, stuck_slot))
+  if (ring::distance(w, lowest) == 0 && ring::state_of(w) == ring::SlotState::writing &&
+      ring::claimer_dead(w, stuck_slot))
     recover(at, w);
   if (stuck_subscriber.expired(std::uint64_t(slowest) << 48 ^ lowest) && free_subscriber_if_dead(slowest, true)) {
     min_epoch.store(UINT64_MAX, std::memory_order_relaxed);
@@ -380,14 +397,16 @@ SendStatus Broadcast::State::put(std::span<const std::byte> bytes, std::span<Buf
                            (d == -static_cast<std::int32_t>(capacity) && st == ring::SlotState::full);
     if (!free_slot) {
       if (d == -static_cast<std::int32_t>(capacity)) {  // the previous lap is still being written
-        if (ring::state_of(w) == ring::SlotState::writing && ring::claimer_dead(w, stuck_slot) && recover(s, w)) continue;
+        if (ring::state_of(w) == ring::SlotState::writing && ring::claimer_dead(w, stuck_slot) && recover(s, w))
+          continue;
         return SendStatus::full;
       }
       std::uint64_t expected = pos;  // pos already claimed: help tail along
       h->tail.compare_exchange_strong(expected, pos + 1, std::memory_order_acq_rel);
       continue;
     }
-    if (!s->word.compare_exchange_strong(w, ring::make_word(pos, ring::SlotState::writing, me), std::memory_order_acq_rel))
+    if (!s->word.compare_exchange_strong(w, ring::make_word(pos, ring::SlotState::writing, me),
+                                         std::memory_order_acq_rel))
       continue;  // B1
     // SYNC POINT: readers validate the word after copying (S4); our payload
     // writes must not become visible before the word says `writing`.
@@ -413,7 +432,8 @@ SendStatus Broadcast::try_publish(std::span<const std::byte> bytes, std::span<Bu
   return st;
 }
 
-SendStatus Broadcast::publish(std::span<const std::byte> bytes, std::span<Buffer> buffers, std::chrono::nanoseconds timeout) noexcept {
+SendStatus Broadcast::publish(std::span<const std::byte> bytes, std::span<Buffer> buffers,
+                              std::chrono::nanoseconds timeout) noexcept {
   State& s = *s_;
   SendStatus st = s.put(bytes, buffers);
   if (st == SendStatus::full && !s.blocking) {  // a lossy ring is "full" only behind a writer: let it finish
@@ -451,7 +471,7 @@ ReceiveStatus Subscription::take(Message& out) noexcept {
     const std::uint64_t c = cursor_;
     ring::SlotHeader* sl = s.slot(c);
     if (s.slot_bytes > 64) __builtin_prefetch(reinterpret_cast<const char*>(sl) + 64);  // as Channel::take
-    const std::uint64_t w = sl->word.load(std::memory_order_acquire);  // S1
+    const std::uint64_t w = sl->word.load(std::memory_order_acquire);                   // S1
     const std::int32_t d = ring::distance(w, c);
     const ring::SlotState st = ring::state_of(w);
     bool overrun = d > 0;
@@ -467,8 +487,8 @@ ReceiveStatus Subscription::take(Message& out) noexcept {
       // (c, full): S2. The word has the position's low 32 bits, pos_high the next 16.
       const std::uint16_t high = ring::load_field(sl->pos_high);
       const bool skip = ring::load_field(sl->flags) & ring::kSkip;
-      const std::uint32_t n = std::min<std::uint32_t>(ring::load_field(sl->handles),
-                                                      static_cast<std::uint32_t>(s.payload_capacity() / ring::kHandleBytes));
+      const std::uint32_t n = std::min<std::uint32_t>(
+          ring::load_field(sl->handles), static_cast<std::uint32_t>(s.payload_capacity() / ring::kHandleBytes));
       const std::uint32_t len = std::min<std::uint32_t>(
           ring::load_field(sl->bytes), static_cast<std::uint32_t>(s.payload_capacity() - n * ring::kHandleBytes));
       std::memcpy(out.prepare(len), ring::payload_of(sl) + std::size_t(n) * ring::kHandleBytes, len);
@@ -551,12 +571,15 @@ std::uint32_t Broadcast::reclaim(std::uint32_t pid) noexcept {
   if (pid == 0) return 0;
   for (std::uint32_t i = 0; i < s.max_subscribers; ++i) {
     std::uint64_t owner = s.subs[i].owner.load(std::memory_order_acquire);
-    if (owner != 0 && (owner >> 32) == pid && s.subs[i].owner.compare_exchange_strong(owner, 0, std::memory_order_acq_rel)) ++n;
+    if (owner != 0 && (owner >> 32) == pid &&
+        s.subs[i].owner.compare_exchange_strong(owner, 0, std::memory_order_acq_rel))
+      ++n;
   }
   for (std::uint32_t i = 0; i < s.capacity; ++i) {
     ring::SlotHeader* sl = s.slot(i);
     const std::uint64_t w = sl->word.load(std::memory_order_acquire);
-    if (ring::state_of(w) == ring::SlotState::writing && ring::pid_of(w) == (pid & ring::kPidMask)) n += s.recover(sl, w) ? 1 : 0;
+    if (ring::state_of(w) == ring::SlotState::writing && ring::pid_of(w) == (pid & ring::kPidMask))
+      n += s.recover(sl, w) ? 1 : 0;
   }
   if (n && s.blocking && s.h->space_waiters.load(std::memory_order_seq_cst)) s.h->space.notify();
   return n;
@@ -565,13 +588,15 @@ std::uint32_t Broadcast::reclaim(std::uint32_t pid) noexcept {
 std::uint32_t Broadcast::reclaim_dead() noexcept {
   State& s = *s_;
   std::uint32_t n = 0;
-  for (std::uint32_t i = 0; i < s.max_subscribers; ++i) n += s.free_subscriber_if_dead(static_cast<int>(i), true) ? 1 : 0;
+  for (std::uint32_t i = 0; i < s.max_subscribers; ++i)
+    n += s.free_subscriber_if_dead(static_cast<int>(i), true) ? 1 : 0;
   for (std::uint32_t i = 0; i < s.capacity; ++i) {
     ring::SlotHeader* sl = s.slot(i);
     const std::uint64_t w = sl->word.load(std::memory_order_acquire);
     if (ring::state_of(w) != ring::SlotState::writing) continue;
     const std::uint32_t pid = ring::pid_of(w);
-    if (pid && detail::process_liveness(static_cast<pid_t>(pid), 0) == detail::Liveness::dead) n += s.recover(sl, w) ? 1 : 0;
+    if (pid && detail::process_liveness(static_cast<pid_t>(pid), 0) == detail::Liveness::dead)
+      n += s.recover(sl, w) ? 1 : 0;
   }
   if (n && s.blocking && s.h->space_waiters.load(std::memory_order_seq_cst)) s.h->space.notify();
   return n;
@@ -598,8 +623,8 @@ BroadcastStats Broadcast::stats() const {
     sub.lag = st.tail > sub.cursor ? st.tail - sub.cursor : 0;
     sub.received = s.subs[i].received.load(std::memory_order_relaxed);
     sub.missed = s.subs[i].missed.load(std::memory_order_relaxed);
-    sub.alive = detail::process_liveness(static_cast<pid_t>(sub.pid), s.subs[i].token.load(std::memory_order_relaxed)) !=
-                detail::Liveness::dead;
+    sub.alive = detail::process_liveness(static_cast<pid_t>(sub.pid),
+                                         s.subs[i].token.load(std::memory_order_relaxed)) != detail::Liveness::dead;
     st.subscribers.push_back(sub);
   }
   return st;

@@ -51,19 +51,26 @@ struct alignas(64) ChannelHeader {
 static_assert(sizeof(ChannelHeader) % 64 == 0);
 // The segment format, pinned: a change here is a layout version bump.
 static_assert(sizeof(ChannelHeader) == 4544 && alignof(ChannelHeader) == 64);
-static_assert(offsetof(ChannelHeader, magic) == 0 && offsetof(ChannelHeader, version) == 4 && offsetof(ChannelHeader, kind) == 8 && offsetof(ChannelHeader, backpressure) == 12);
-static_assert(offsetof(ChannelHeader, capacity) == 16 && offsetof(ChannelHeader, slot_bytes) == 20 && offsetof(ChannelHeader, pool_id) == 24 && offsetof(ChannelHeader, tag) == 28);
-static_assert(offsetof(ChannelHeader, spin) == 32 && offsetof(ChannelHeader, slots_offset) == 40 && offsetof(ChannelHeader, object_bytes) == 48 && offsetof(ChannelHeader, tail) == 64);
-static_assert(offsetof(ChannelHeader, sends) == 72 && offsetof(ChannelHeader, drops) == 80 && offsetof(ChannelHeader, recovered) == 88 && offsetof(ChannelHeader, send_blocked_ns) == 96);
-static_assert(offsetof(ChannelHeader, head) == 128 && offsetof(ChannelHeader, receives) == 136 && offsetof(ChannelHeader, receive_blocked_ns) == 144 && offsetof(ChannelHeader, data_waiters) == 192);
-static_assert(offsetof(ChannelHeader, space_waiters) == 256 && offsetof(ChannelHeader, data) == 320 && offsetof(ChannelHeader, space) == 2432);
+static_assert(offsetof(ChannelHeader, magic) == 0 && offsetof(ChannelHeader, version) == 4 &&
+              offsetof(ChannelHeader, kind) == 8 && offsetof(ChannelHeader, backpressure) == 12);
+static_assert(offsetof(ChannelHeader, capacity) == 16 && offsetof(ChannelHeader, slot_bytes) == 20 &&
+              offsetof(ChannelHeader, pool_id) == 24 && offsetof(ChannelHeader, tag) == 28);
+static_assert(offsetof(ChannelHeader, spin) == 32 && offsetof(ChannelHeader, slots_offset) == 40 &&
+              offsetof(ChannelHeader, object_bytes) == 48 && offsetof(ChannelHeader, tail) == 64);
+static_assert(offsetof(ChannelHeader, sends) == 72 && offsetof(ChannelHeader, drops) == 80 &&
+              offsetof(ChannelHeader, recovered) == 88 && offsetof(ChannelHeader, send_blocked_ns) == 96);
+static_assert(offsetof(ChannelHeader, head) == 128 && offsetof(ChannelHeader, receives) == 136 &&
+              offsetof(ChannelHeader, receive_blocked_ns) == 144 && offsetof(ChannelHeader, data_waiters) == 192);
+static_assert(offsetof(ChannelHeader, space_waiters) == 256 && offsetof(ChannelHeader, data) == 320 &&
+              offsetof(ChannelHeader, space) == 2432);
 
 void validate(const ChannelConfig& c, std::string_view name) {
   const std::string what = "channel '" + std::string(name) + "'";
   ring::validate_geometry(what, c.capacity, c.slot_bytes);
   if (c.kind != ChannelKind::spsc && c.kind != ChannelKind::mpmc)
     throw Error(ErrorCode::invalid_argument, what + ": unknown kind");
-  if (c.backpressure > Backpressure::fail) throw Error(ErrorCode::invalid_argument, what + ": unknown backpressure policy");
+  if (c.backpressure > Backpressure::fail)
+    throw Error(ErrorCode::invalid_argument, what + ": unknown backpressure policy");
 }
 
 }  // namespace
@@ -86,7 +93,9 @@ struct Channel::State {
   ring::StuckTimer stuck_send, stuck_receive;
 
   ring::SlotHeader* slot(std::uint64_t pos) const noexcept { return ring::slot_at(slots, slot_bytes, mask, pos); }
-  std::uint32_t holder(std::uint64_t pos) const noexcept { return ring::slot_holder(tag, static_cast<std::uint32_t>(pos & mask)); }
+  std::uint32_t holder(std::uint64_t pos) const noexcept {
+    return ring::slot_holder(tag, static_cast<std::uint32_t>(pos & mask));
+  }
   std::size_t payload_capacity() const noexcept { return slot_bytes - ring::kSlotHeaderBytes; }
 
   SendStatus put(std::span<const std::byte> bytes, std::span<Buffer> buffers) noexcept;
@@ -130,8 +139,8 @@ std::unique_ptr<Channel::State> attach(Segment& segment, std::string_view name, 
   if (size < sizeof(ChannelHeader)) throw Error(ErrorCode::corrupted, what + ": object too small for a channel header");
   if (h->magic != kChannelMagic) throw Error(ErrorCode::bad_magic, what + ": not an initialised channel");
   if (h->version != kChannelVersion)
-    throw Error(ErrorCode::version_mismatch, what + ": layout version " + std::to_string(h->version) + ", this libipc reads " +
-                                                 std::to_string(kChannelVersion));
+    throw Error(ErrorCode::version_mismatch, what + ": layout version " + std::to_string(h->version) +
+                                                 ", this libipc reads " + std::to_string(kChannelVersion));
   ChannelConfig c;
   c.capacity = h->capacity;
   c.slot_bytes = h->slot_bytes;
@@ -280,7 +289,8 @@ SendStatus Channel::try_send(std::span<const std::byte> bytes, std::span<Buffer>
   return st;
 }
 
-SendStatus Channel::send(std::span<const std::byte> bytes, std::span<Buffer> buffers, std::chrono::nanoseconds timeout) noexcept {
+SendStatus Channel::send(std::span<const std::byte> bytes, std::span<Buffer> buffers,
+                         std::chrono::nanoseconds timeout) noexcept {
   State& s = *s_;
   SendStatus st = s.put(bytes, buffers);
   if (st == SendStatus::ok) {
@@ -382,7 +392,8 @@ ReceiveStatus Channel::State::take(Message& out) noexcept {
     const std::uint32_t n = s->handles;
     if (pool)
       for (std::uint32_t i = 0; i < n; ++i) pool->prefetch(ring::handle_at(s, static_cast<int>(i)));
-    const std::uint32_t len = std::min<std::uint32_t>(s->bytes, static_cast<std::uint32_t>(payload_capacity() - n * ring::kHandleBytes));
+    const std::uint32_t len =
+        std::min<std::uint32_t>(s->bytes, static_cast<std::uint32_t>(payload_capacity() - n * ring::kHandleBytes));
     std::memcpy(out.prepare(len), ring::payload_of(s) + std::size_t(n) * ring::kHandleBytes, len);
     out.set_position(pos);
     if (n) {
@@ -459,8 +470,9 @@ bool Channel::State::recover(ring::SlotHeader* s, std::uint64_t observed) noexce
   const std::uint32_t me = detail::self_pid();
   const std::uint64_t pos_lo = ring::seq_of(observed);
   std::uint64_t w = observed;
-  if (!s->word.compare_exchange_strong(w, ring::make_word(pos_lo, ring::SlotState::reading, me), std::memory_order_acq_rel))
-    return false;  // R1 lost: progress or another recoverer
+  if (!s->word.compare_exchange_strong(w, ring::make_word(pos_lo, ring::SlotState::reading, me),
+                                       std::memory_order_acq_rel))
+    return false;                   // R1 lost: progress or another recoverer
   release_slot_handles(s, pos_lo);  // R2 (holder ids depend only on pos & mask)
   s->word.store(ring::make_word(pos_lo + capacity, ring::SlotState::empty, 0), std::memory_order_seq_cst);  // R3
   h->recovered.fetch_add(1, std::memory_order_relaxed);
@@ -492,7 +504,8 @@ std::uint32_t Channel::reclaim_dead() noexcept {
     const ring::SlotState st = ring::state_of(w);
     if (st != ring::SlotState::writing && st != ring::SlotState::reading) continue;
     const std::uint32_t pid = ring::pid_of(w);
-    if (pid && detail::process_liveness(static_cast<pid_t>(pid), 0) == detail::Liveness::dead) n += s.recover(sl, w) ? 1 : 0;
+    if (pid && detail::process_liveness(static_cast<pid_t>(pid), 0) == detail::Liveness::dead)
+      n += s.recover(sl, w) ? 1 : 0;
   }
   return n;
 }

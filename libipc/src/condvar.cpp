@@ -8,15 +8,15 @@
 namespace ipc {
 
 void CondVar::notify(int count) noexcept {
-  seq_.fetch_add(1, std::memory_order_seq_cst);          // N1
-  if (waiters_.load(std::memory_order_seq_cst) > 0)      // N2
+  seq_.fetch_add(1, std::memory_order_seq_cst);      // N1
+  if (waiters_.load(std::memory_order_seq_cst) > 0)  // N2
     detail::futex_wake(&seq_, count);
 }
 
 CondWait CondVar::wait_impl(Mutex& m, std::uint64_t deadline_ns) noexcept {
-  waiters_.fetch_add(1, std::memory_order_seq_cst);                // W1
-  std::uint32_t seen = seq_.load(std::memory_order_seq_cst);       // W2
-  m.unlock();                                                      // W3
+  waiters_.fetch_add(1, std::memory_order_seq_cst);           // W1
+  std::uint32_t seen = seq_.load(std::memory_order_seq_cst);  // W2
+  m.unlock();                                                 // W3
   CondWait out;
   const std::uint64_t slice = std::chrono::duration_cast<std::chrono::nanoseconds>(Mutex::kLivenessSlice).count();
   for (;;) {
@@ -31,8 +31,8 @@ CondWait CondVar::wait_impl(Mutex& m, std::uint64_t deadline_ns) noexcept {
     if (r == detail::WaitResult::woken || r == detail::WaitResult::value_changed) break;
     if (seq_.load(std::memory_order_acquire) != seen) break;  // slice ended after a notify
   }
-  waiters_.fetch_sub(1, std::memory_order_relaxed);                // W5
-  out.lock = m.lock();                                             // W6
+  waiters_.fetch_sub(1, std::memory_order_relaxed);  // W5
+  out.lock = m.lock();                               // W6
   return out;
 }
 

@@ -26,8 +26,7 @@ std::string_view to_string(ErrorCode code) noexcept {
   return "unknown";
 }
 
-Error::Error(ErrorCode code, const std::string& message)
-    : std::runtime_error(message), code_(code) {}
+Error::Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
 
 void throw_errno(int err, const std::string& what) {
   ErrorCode code = ErrorCode::system;

@@ -1,9 +1,9 @@
 #include "ipc/hash_map.hpp"
 
 #include <algorithm>
-#include <cstddef>
 #include <bit>
 #include <chrono>
+#include <cstddef>
 #include <new>
 #include <thread>
 
@@ -31,15 +31,18 @@ struct alignas(64) MapHeader {
   std::uint32_t initial_capacity;
   std::uint32_t load_permille;
   std::uint32_t allow_growth;
-  std::uint64_t shards_offset;   // from the header start
-  std::uint64_t journal_offset;  // from the header start
+  std::uint64_t shards_offset;       // from the header start
+  std::uint64_t journal_offset;      // from the header start
   std::atomic<std::uint32_t> ready;  // 1 once every shard has a table (release)
 };
 // The segment format, pinned: a change here is a layout version bump.
 static_assert(sizeof(MapHeader) == 64 && alignof(MapHeader) == 64);
-static_assert(offsetof(MapHeader, magic) == 0 && offsetof(MapHeader, layout_version) == 8 && offsetof(MapHeader, shard_count) == 12 && offsetof(MapHeader, max_key_bytes) == 16);
-static_assert(offsetof(MapHeader, max_value_bytes) == 20 && offsetof(MapHeader, entry_size) == 24 && offsetof(MapHeader, initial_capacity) == 28 && offsetof(MapHeader, load_permille) == 32);
-static_assert(offsetof(MapHeader, allow_growth) == 36 && offsetof(MapHeader, shards_offset) == 40 && offsetof(MapHeader, journal_offset) == 48 && offsetof(MapHeader, ready) == 56);
+static_assert(offsetof(MapHeader, magic) == 0 && offsetof(MapHeader, layout_version) == 8 &&
+              offsetof(MapHeader, shard_count) == 12 && offsetof(MapHeader, max_key_bytes) == 16);
+static_assert(offsetof(MapHeader, max_value_bytes) == 20 && offsetof(MapHeader, entry_size) == 24 &&
+              offsetof(MapHeader, initial_capacity) == 28 && offsetof(MapHeader, load_permille) == 32);
+static_assert(offsetof(MapHeader, allow_growth) == 36 && offsetof(MapHeader, shards_offset) == 40 &&
+              offsetof(MapHeader, journal_offset) == 48 && offsetof(MapHeader, ready) == 56);
 
 // The first 8 bytes of every slot; key bytes follow, then value bytes.
 struct EntryHeader {
@@ -114,9 +117,12 @@ struct alignas(64) BytesMap::Shard {
 };
 // The segment format, pinned: a change here is a layout version bump.
 static_assert(sizeof(BytesMap::Shard) == 2432 && alignof(BytesMap::Shard) == 64);
-static_assert(offsetof(BytesMap::Shard, lock) == 0 && offsetof(BytesMap::Shard, table_offset) == 2240 && offsetof(BytesMap::Shard, size) == 2248 && offsetof(BytesMap::Shard, tombstones) == 2256);
-static_assert(offsetof(BytesMap::Shard, growing_to) == 2264 && offsetof(BytesMap::Shard, journal_state) == 2272 && offsetof(BytesMap::Shard, capacity) == 2296 && offsetof(BytesMap::Shard, generation) == 2304);
-static_assert(offsetof(BytesMap::Shard, lock_waits) == 2368 && offsetof(BytesMap::Shard, probe_total) == 2384 && offsetof(BytesMap::Shard, repairs) == 2416);
+static_assert(offsetof(BytesMap::Shard, lock) == 0 && offsetof(BytesMap::Shard, table_offset) == 2240 &&
+              offsetof(BytesMap::Shard, size) == 2248 && offsetof(BytesMap::Shard, tombstones) == 2256);
+static_assert(offsetof(BytesMap::Shard, growing_to) == 2264 && offsetof(BytesMap::Shard, journal_state) == 2272 &&
+              offsetof(BytesMap::Shard, capacity) == 2296 && offsetof(BytesMap::Shard, generation) == 2304);
+static_assert(offsetof(BytesMap::Shard, lock_waits) == 2368 && offsetof(BytesMap::Shard, probe_total) == 2384 &&
+              offsetof(BytesMap::Shard, repairs) == 2416);
 
 struct BytesMap::Table {
   std::uint64_t magic;
@@ -274,7 +280,9 @@ bool is_table_of(std::string_view object, std::string_view map) {
   std::string_view rest = object.substr(map.size() + 2);
   std::size_t g = rest.find(".g");
   if (g == 0 || g == std::string_view::npos || g + 2 == rest.size()) return false;
-  auto digits = [](std::string_view d) { return std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; }); };
+  auto digits = [](std::string_view d) {
+    return std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
   return digits(rest.substr(0, g)) && digits(rest.substr(g + 2));
 }
 
@@ -356,8 +364,9 @@ BytesMap BytesMap::attach(Segment& segment, const Object& obj, std::string_view 
   const std::string what = "hash map '" + std::string(name) + "' in segment '" + segment.name() + "'";
   const auto* h = static_cast<const MapHeader*>(obj.data);
   if (obj.info.size < sizeof(MapHeader) || h->magic != kMapMagic)
-    throw Error(ErrorCode::bad_magic, what + " has no valid map header (not initialised or corrupted); remove it "
-                                             "with BytesMap::remove and create it again");
+    throw Error(ErrorCode::bad_magic, what +
+                                          " has no valid map header (not initialised or corrupted); remove it "
+                                          "with BytesMap::remove and create it again");
   if (h->layout_version != kHashMapLayoutVersion)
     throw Error(ErrorCode::version_mismatch, what + " has layout version " + std::to_string(h->layout_version) +
                                                  ", this library uses " + std::to_string(kHashMapLayoutVersion) +
@@ -378,8 +387,9 @@ BytesMap BytesMap::attach(Segment& segment, const Object& obj, std::string_view 
       s.header_size > obj.info.size || h->load_permille == 0)
     throw Error(ErrorCode::corrupted, what + ": header fields are inconsistent; re-create the map");
   if (h->ready.load(std::memory_order_acquire) != 1)
-    throw Error(ErrorCode::not_found, what + " was never finished (its creator died while creating it, or is "
-                                             "still creating it); retry, or BytesMap::remove it and create again");
+    throw Error(ErrorCode::not_found, what +
+                                          " was never finished (its creator died while creating it, or is "
+                                          "still creating it); retry, or BytesMap::remove it and create again");
   BytesMap map;
   map.segment_ = &segment;
   map.header_ = static_cast<std::byte*>(obj.data);
@@ -394,8 +404,8 @@ BytesMap BytesMap::attach(Segment& segment, const Object& obj, std::string_view 
   map.name_ = std::string(name);
   for (std::uint32_t i = 0; i < o.shards; ++i)
     if (!map.table(map.shards_[i]))
-      throw Error(ErrorCode::corrupted, what + ": shard " + std::to_string(i) +
-                                            " points to no valid table; re-create the map");
+      throw Error(ErrorCode::corrupted,
+                  what + ": shard " + std::to_string(i) + " points to no valid table; re-create the map");
   return map;
 }
 
@@ -470,9 +480,8 @@ MapStatus BytesMap::lock_exclusive(std::uint32_t i) const {
     return MapStatus::ok;
   }
   return fail(MapStatus::lock_failed, "shard " + std::to_string(i) + " lock: " + to_string(r) +
-                                          (r == LockResult::deadlock
-                                               ? " (a callback called the map it runs in; do not)"
-                                               : "; the map must be re-created"));
+                                          (r == LockResult::deadlock ? " (a callback called the map it runs in; do not)"
+                                                                     : "; the map must be re-created"));
 }
 
 MapStatus BytesMap::lock_shared(std::uint32_t i) const {
@@ -499,8 +508,8 @@ MapStatus BytesMap::lock_shared(std::uint32_t i) const {
     }
     if (r == LockResult::acquired) return MapStatus::ok;
     if (r != LockResult::owner_died)
-      return fail(MapStatus::lock_failed, "shard " + std::to_string(i) + " lock: " + to_string(r) +
-                                              "; the map must be re-created");
+      return fail(MapStatus::lock_failed,
+                  "shard " + std::to_string(i) + " lock: " + to_string(r) + "; the map must be re-created");
     // A writer died and nobody repaired yet: repair under the exclusive lock.
     s.lock.unlock_shared();
     MapStatus st = lock_exclusive(i);
@@ -663,9 +672,9 @@ std::uint32_t BytesMap::shard_of(std::string_view key) const noexcept {
 
 MapStatus BytesMap::check_sizes(std::string_view key, std::size_t value_len) const {
   if (key.size() > max_key_ || key.empty())
-    return fail(MapStatus::too_large, "key of " + std::to_string(key.size()) + " bytes; keys must be 1.." +
-                                          std::to_string(max_key_) +
-                                          " bytes (max_key_bytes, fixed at creation: create the map with a larger one)");
+    return fail(MapStatus::too_large,
+                "key of " + std::to_string(key.size()) + " bytes; keys must be 1.." + std::to_string(max_key_) +
+                    " bytes (max_key_bytes, fixed at creation: create the map with a larger one)");
   if (value_len > max_value_)
     return fail(MapStatus::too_large, "value of " + std::to_string(value_len) + " bytes exceeds max_value_bytes " +
                                           std::to_string(max_value_) +
@@ -684,7 +693,9 @@ MapStatus BytesMap::visit(std::string_view key, ValueFn fn) const {
   if (!t) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " has no valid table; re-create the map");
   const Layout l{entry_size_, key_stride_};
   Probe p = probe(l, t, key, h);
-  if (p.corrupt) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
+  if (p.corrupt)
+    return fail(MapStatus::corrupted,
+                "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
   note_max(shards_[i].probe_max, p.length);
   if (p.found < 0) return MapStatus::not_found;
   EntryHeader* e = l.entry(t, static_cast<std::uint64_t>(p.found));
@@ -708,7 +719,9 @@ MapStatus BytesMap::assign_locked(std::uint32_t i, std::string_view key, std::ui
   Table* t = table(s);
   if (!t) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " has no valid table; re-create the map");
   Probe p = probe(l, t, key, hash);
-  if (p.corrupt) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
+  if (p.corrupt)
+    return fail(MapStatus::corrupted,
+                "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
   if (p.found >= 0) {
     if (must_be_new) return MapStatus::already_exists;
     EntryHeader* e = l.entry(t, static_cast<std::uint64_t>(p.found));
@@ -730,7 +743,9 @@ MapStatus BytesMap::assign_locked(std::uint32_t i, std::string_view key, std::ui
     if (MapStatus st = make_room(i); st != MapStatus::ok) return st;
     t = table(s);
     p = probe(l, t, key, hash);
-    if (p.corrupt) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
+    if (p.corrupt)
+      return fail(MapStatus::corrupted,
+                  "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
     if (p.free < 0) return fail(MapStatus::full, "shard " + std::to_string(i) + " has no free slot");
   }
   EntryHeader* e = l.entry(t, static_cast<std::uint64_t>(p.free));
@@ -739,7 +754,8 @@ MapStatus BytesMap::assign_locked(std::uint32_t i, std::string_view key, std::ui
   std::memcpy(Layout::key(e), key.data(), key.size());
   std::memcpy(l.value(e), value.data(), value.size());
   e->state.store(kFull, std::memory_order_release);  // I3: the insert commits here
-  if (p.free_is_tombstone) s.tombstones.store(s.tombstones.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+  if (p.free_is_tombstone)
+    s.tombstones.store(s.tombstones.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
   s.size.store(s.size.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);  // I4
   s.probe_total.fetch_add(p.length, std::memory_order_relaxed);
   s.probe_count.fetch_add(1, std::memory_order_relaxed);
@@ -777,14 +793,16 @@ MapStatus BytesMap::erase(std::string_view key) {
   Table* t = table(s);
   if (!t) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " has no valid table; re-create the map");
   Probe p = probe(l, t, key, h);
-  if (p.corrupt) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
+  if (p.corrupt)
+    return fail(MapStatus::corrupted,
+                "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
   if (p.found < 0) return MapStatus::not_found;
   const auto slot = static_cast<std::uint64_t>(p.found);
   // A slot followed by an empty one ends every probe chain through it, so it
   // may become empty instead of a tombstone. Either way one byte store (E1).
   const bool next_empty = l.entry(t, (slot + 1) & (t->capacity - 1))->state.load(std::memory_order_relaxed) == kEmpty;
   l.entry(t, slot)->state.store(next_empty ? kEmpty : kTombstone, std::memory_order_release);  // E1
-  s.size.store(s.size.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);       // E2
+  s.size.store(s.size.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);         // E2
   if (!next_empty) s.tombstones.store(s.tombstones.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   return MapStatus::ok;
 }
@@ -800,7 +818,9 @@ MapStatus BytesMap::update(std::string_view key, UpdateFn fn) {
   Table* t = table(s);
   if (!t) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " has no valid table; re-create the map");
   Probe p = probe(l, t, key, h);
-  if (p.corrupt) return fail(MapStatus::corrupted, "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
+  if (p.corrupt)
+    return fail(MapStatus::corrupted,
+                "shard " + std::to_string(i) + " holds an entry with impossible lengths; re-create the map");
   if (p.found < 0) return MapStatus::not_found;
   EntryHeader* e = l.entry(t, static_cast<std::uint64_t>(p.found));
   std::memcpy(static_cast<void*>(journal(i)), static_cast<const void*>(e), l.used(e));  // J1
@@ -866,7 +886,8 @@ Grouped group_by_shard(std::size_t n, std::uint32_t shards, KeyAt key_at) {
     g.hash[k] = hash_bytes(key_at(k));
     g.shard[k] = shard_for(g.hash[k], shards);
   }
-  std::stable_sort(g.order.begin(), g.order.end(), [&](std::uint32_t a, std::uint32_t b) { return g.shard[a] < g.shard[b]; });
+  std::stable_sort(g.order.begin(), g.order.end(),
+                   [&](std::uint32_t a, std::uint32_t b) { return g.shard[a] < g.shard[b]; });
   return g;
 }
 }  // namespace
@@ -882,7 +903,8 @@ void BytesMap::get_many(std::span<const std::string_view> keys, std::span<MapSta
     while (b < n && g.shard[g.order[b]] == i) ++b;
     MapStatus locked = lock_shared(i);
     Table* t = locked == MapStatus::ok ? table(shards_[i]) : nullptr;
-    if (locked == MapStatus::ok && !t) locked = fail(MapStatus::corrupted, "shard " + std::to_string(i) + " has no valid table");
+    if (locked == MapStatus::ok && !t)
+      locked = fail(MapStatus::corrupted, "shard " + std::to_string(i) + " has no valid table");
     std::optional<Unlock> unlock;
     if (locked == MapStatus::ok) unlock.emplace(shards_[i].lock, true);
     for (std::size_t k = a; k < b; ++k) {
@@ -931,8 +953,8 @@ void BytesMap::put_many(std::span<const std::pair<std::string_view, std::string_
 
 MapStatus BytesMap::for_each_in_shard(std::uint32_t shard, EntryFn fn) const {
   if (shard >= shard_count_)
-    return fail(MapStatus::not_found, "no shard " + std::to_string(shard) + " (the map has " +
-                                          std::to_string(shard_count_) + ")");
+    return fail(MapStatus::not_found,
+                "no shard " + std::to_string(shard) + " (the map has " + std::to_string(shard_count_) + ")");
   if (MapStatus st = lock_shared(shard); st != MapStatus::ok) return st;
   Unlock unlock{shards_[shard].lock, true};
   Table* t = table(shards_[shard]);
@@ -996,7 +1018,8 @@ MapStats BytesMap::stats() const {
     o.lock_wait_ns = s.lock_wait_ns.load(std::memory_order_relaxed);
     o.probe_max = s.probe_max.load(std::memory_order_relaxed);
     const std::uint64_t pc = s.probe_count.load(std::memory_order_relaxed);
-    o.probe_avg = pc ? static_cast<double>(s.probe_total.load(std::memory_order_relaxed)) / static_cast<double>(pc) : 0.0;
+    o.probe_avg =
+        pc ? static_cast<double>(s.probe_total.load(std::memory_order_relaxed)) / static_cast<double>(pc) : 0.0;
     o.rehashes = s.rehashes.load(std::memory_order_relaxed);
     o.repairs = s.repairs.load(std::memory_order_relaxed);
     out.size += o.size;

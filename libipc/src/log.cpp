@@ -40,8 +40,10 @@ spdlog::logger& logger() {
       if (auto level = parse_level(value)) {
         made->set_level(*level);
       } else {
-        made->warn("IPC_LOG_LEVEL='{}' is not a log level; using 'warn' (one of: trace, debug, info, warn, error, "
-                   "critical, off)", value);
+        made->warn(
+            "IPC_LOG_LEVEL='{}' is not a log level; using 'warn' (one of: trace, debug, info, warn, error, "
+            "critical, off)",
+            value);
       }
     }
     return made;

@@ -20,36 +20,23 @@ constexpr std::uint64_t kDefaultTraversalWords = 8u * 1024 * 1024;  // capnp's d
 constexpr std::uint64_t kFnvOffset = 0xcbf29ce484222325ull;
 constexpr std::uint64_t kFnvPrime = 0x100000001b3ull;
 
-std::string bytes_text(std::uint64_t b) {
-  return std::to_string(b) + " B";
-}
+std::string bytes_text(std::uint64_t b) { return std::to_string(b) + " B"; }
 
 }  // namespace
 
 const char* to_string(MessageStatus s) noexcept {
   switch (s) {
-    case MessageStatus::ok:
-      return "ok";
-    case MessageStatus::no_buffers:
-      return "no_buffers";
-    case MessageStatus::too_many_segments:
-      return "too_many_segments";
-    case MessageStatus::misaligned:
-      return "misaligned";
-    case MessageStatus::buffer_too_small:
-      return "buffer_too_small";
-    case MessageStatus::bad_magic:
-      return "bad_magic";
-    case MessageStatus::bad_version:
-      return "bad_version";
-    case MessageStatus::bad_header:
-      return "bad_header";
-    case MessageStatus::segment_out_of_range:
-      return "segment_out_of_range";
-    case MessageStatus::checksum_mismatch:
-      return "checksum_mismatch";
-    case MessageStatus::malformed:
-      return "malformed";
+    case MessageStatus::ok: return "ok";
+    case MessageStatus::no_buffers: return "no_buffers";
+    case MessageStatus::too_many_segments: return "too_many_segments";
+    case MessageStatus::misaligned: return "misaligned";
+    case MessageStatus::buffer_too_small: return "buffer_too_small";
+    case MessageStatus::bad_magic: return "bad_magic";
+    case MessageStatus::bad_version: return "bad_version";
+    case MessageStatus::bad_header: return "bad_header";
+    case MessageStatus::segment_out_of_range: return "segment_out_of_range";
+    case MessageStatus::checksum_mismatch: return "checksum_mismatch";
+    case MessageStatus::malformed: return "malformed";
   }
   return "unknown";
 }
@@ -405,15 +392,9 @@ MessageStatus MessageReader::check_all(std::string* error) noexcept {
   }
 }
 
-capnp::MessageReader& MessageReader::capnp_reader() noexcept {
-  return *impl_->reader;
-}
-std::size_t MessageReader::segment_count() const noexcept {
-  return impl_ ? impl_->count : 0;
-}
-std::uint64_t MessageReader::total_bytes() const noexcept {
-  return impl_ ? impl_->total_bytes : 0;
-}
+capnp::MessageReader& MessageReader::capnp_reader() noexcept { return *impl_->reader; }
+std::size_t MessageReader::segment_count() const noexcept { return impl_ ? impl_->count : 0; }
+std::uint64_t MessageReader::total_bytes() const noexcept { return impl_ ? impl_->total_bytes : 0; }
 
 std::vector<Buffer> MessageReader::take_buffers() noexcept {
   if (!impl_) return {};

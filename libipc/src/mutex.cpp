@@ -62,9 +62,7 @@ Mutex::Mutex() noexcept : magic_(0) {
 
 LockResult Mutex::finish(int rc) noexcept {
   switch (rc) {
-    case 0:
-      note_owner();
-      return LockResult::acquired;
+    case 0: note_owner(); return LockResult::acquired;
     case EOWNERDEAD:
       note_owner();
       log::warn("{}: previous owner died holding it; caller must repair and mark_consistent()",
@@ -158,16 +156,16 @@ LockResult Mutex::lock_slow(int first_rc, std::uint64_t deadline_ns) noexcept {
 void Mutex::recover_dead_owner() noexcept {
   // glibc x86-64/aarch64 ABI: __data.__lock is the kernel-ABI robust futex word.
   int* word = &native_.__data.__lock;
-  int observed = __atomic_load_n(word, __ATOMIC_ACQUIRE);                      // A
+  int observed = __atomic_load_n(word, __ATOMIC_ACQUIRE);  // A
   auto tid = static_cast<std::uint32_t>(observed) & FUTEX_TID_MASK;
   if (tid == 0) return;  // free, or the kernel already marked OWNER_DIED
-  std::uint64_t before = acquisitions_.load(std::memory_order_acquire);        // B
+  std::uint64_t before = acquisitions_.load(std::memory_order_acquire);  // B
   std::uint64_t rec = owner_.load(std::memory_order_relaxed);
   std::uint64_t token = owner_token_.load(std::memory_order_relaxed);
   // SYNC POINT: pairs with the release fence in note_owner().
   std::atomic_thread_fence(std::memory_order_acquire);
-  if (acquisitions_.load(std::memory_order_relaxed) != before) return;         // C: changed hands meanwhile
-  if (static_cast<std::uint32_t>(rec) != tid) return;  // owner unknown: assume alive
+  if (acquisitions_.load(std::memory_order_relaxed) != before) return;  // C: changed hands meanwhile
+  if (static_cast<std::uint32_t>(rec) != tid) return;                   // owner unknown: assume alive
   auto pid = static_cast<pid_t>(rec >> 32);
   if (detail::thread_liveness(pid, static_cast<pid_t>(tid), token) != detail::Liveness::dead) return;
   int died = static_cast<int>((static_cast<std::uint32_t>(observed) & FUTEX_WAITERS) | FUTEX_OWNER_DIED);

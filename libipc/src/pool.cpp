@@ -90,7 +90,8 @@ void validate(const PoolConfig& cfg, std::string_view name) {
     bad("reserve_per_class (" + std::to_string(cfg.reserve_per_class) + ") must be smaller than buffers_per_class (" +
         std::to_string(cfg.buffers_per_class) + ")");
   if (cfg.cache_per_class > 1024) bad("cache_per_class must be <= 1024");
-  if (cfg.policy == ExhaustionPolicy::grow && (cfg.max_extensions == 0 || cfg.max_extensions > BufferPool::kMaxExtensions))
+  if (cfg.policy == ExhaustionPolicy::grow &&
+      (cfg.max_extensions == 0 || cfg.max_extensions > BufferPool::kMaxExtensions))
     bad("ExhaustionPolicy::grow needs max_extensions in 1.." + std::to_string(BufferPool::kMaxExtensions));
 }
 
@@ -206,8 +207,8 @@ std::unique_ptr<BufferPool::State> BufferPool::State::open(Segment& segment, std
     throw Error(ErrorCode::version_mismatch, what + " has pool layout version " + std::to_string(h->layout_version) +
                                                  ", this libipc reads " + std::to_string(kPoolLayoutVersion));
   if (h->total_bytes != obj.info.size || (h->class_count == 0 && h->region_offset == 0) ||
-      h->class_count > kMaxClasses || h->region_offset >= h->total_bytes ||
-      h->class_offset >= h->total_bytes || h->client_offset >= h->total_bytes)
+      h->class_count > kMaxClasses || h->region_offset >= h->total_bytes || h->class_offset >= h->total_bytes ||
+      h->client_offset >= h->total_bytes)
     throw Error(ErrorCode::corrupted, what + ": header fields are inconsistent; re-create the pool");
   auto* classes = reinterpret_cast<PoolClass*>(static_cast<std::byte*>(obj.data) + h->class_offset);
   for (std::uint32_t c = 0; c < h->class_count; ++c) {

@@ -36,7 +36,8 @@ AllocStatus BufferPool::State::admit(std::uint32_t c, Priority priority) noexcep
   // Counters are compared as signed: a transient drift below zero (see
   // recount()) must never look like a full pool.
   const auto n = static_cast<std::int32_t>(pc.claimed.fetch_add(1, std::memory_order_seq_cst) + 1);  // A1
-  std::int64_t b = static_cast<std::int64_t>(root->header->claimed_bytes.fetch_add(pc.stride, std::memory_order_acq_rel) + pc.stride);
+  std::int64_t b = static_cast<std::int64_t>(
+      root->header->claimed_bytes.fetch_add(pc.stride, std::memory_order_acq_rel) + pc.stride);
   if (root->region) b += static_cast<std::int64_t>(root->region.used_bytes());
   const auto cb = static_cast<std::int64_t>(root->clients.charge(root_slot, pc.stride));
   clients.count_admission(slot, c);

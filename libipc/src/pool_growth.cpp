@@ -94,8 +94,9 @@ bool ExtensionTable::lock() noexcept {
         // later shrink() re-checks. If it was already unlinked, finish: none.
         bool present = false;
         try {
-          present = Segment::open(segment_name(i), {.read_only = true, .domain = owner_->segment->domain()}).generation() ==
-                    e.generation.load(std::memory_order_acquire);
+          present =
+              Segment::open(segment_name(i), {.read_only = true, .domain = owner_->segment->domain()}).generation() ==
+              e.generation.load(std::memory_order_acquire);
         } catch (...) {
         }
         e.word.store(ext_word(word_epoch(w), present ? kExtActive : kExtNone), std::memory_order_release);
@@ -168,7 +169,7 @@ bool ExtensionTable::grow(std::uint32_t c, Priority priority) noexcept {
   e.word.store(ext_word(epoch, kExtCreating), std::memory_order_release);  // G2
   e.creator = owner_->pid;
   try {
-    struct stat st{};
+    struct stat st {};
     std::string base_path = owner_->segment->info().path;
     SegmentOptions o;
     o.domain = owner_->segment->domain();
@@ -222,8 +223,9 @@ std::uint32_t ExtensionTable::shrink() noexcept {
     if (now - since < header->shrink_delay_ns) continue;
     if (!lock()) continue;
     std::uint64_t expected = active_word;
-    if (e.word.compare_exchange_strong(expected, ext_word(p->ext_epoch, kExtRetiring), std::memory_order_seq_cst)) {  // S1
-      if (!p->unused()) {                                                                                              // S2
+    if (e.word.compare_exchange_strong(expected, ext_word(p->ext_epoch, kExtRetiring),
+                                       std::memory_order_seq_cst)) {  // S1
+      if (!p->unused()) {                                             // S2
         e.word.store(active_word, std::memory_order_seq_cst);
       } else {
         mapped_[i].reset();

@@ -148,7 +148,8 @@ BufferPool::HandleStatus BufferPool::State::add_reference(PoolDescriptor* d, con
   for (int k = 0; k < kMaxHolders; ++k) {
     std::uint32_t zero = 0;
     auto& slot = d->holders[k];
-    if (slot.load(std::memory_order_relaxed) != 0 || !slot.compare_exchange_strong(zero, holder, std::memory_order_acq_rel))
+    if (slot.load(std::memory_order_relaxed) != 0 ||
+        !slot.compare_exchange_strong(zero, holder, std::memory_order_acq_rel))
       continue;
     // Slot reserved; now count it — only while this incarnation is still
     // referenced (the generation in the word rules out the next one).
@@ -158,7 +159,7 @@ BufferPool::HandleStatus BufferPool::State::add_reference(PoolDescriptor* d, con
         return HandleStatus::ok;
     std::uint32_t mine = holder;
     slot.compare_exchange_strong(mine, 0, std::memory_order_acq_rel);  // never clobber a newer owner's slot
-    return HandleStatus::stale;  // the last reference went away meanwhile
+    return HandleStatus::stale;                                        // the last reference went away meanwhile
   }
   return HandleStatus::too_many_holders;
 }
@@ -192,7 +193,7 @@ BufferPool::HandleStatus BufferPool::State::drop(PoolDescriptor* d, const Buffer
     if (d->holders[k].load(std::memory_order_acquire) != holder) continue;
     bool dropped = false;
     const bool last = release_slot(d, k, holder, false, &dropped);  // the one atomic decision
-    if (!dropped) continue;  // not a counted reference of ours after all
+    if (!dropped) continue;                                         // not a counted reference of ours after all
     if (last) release_unreferenced(h.size_class, h.index, h.generation);
     clients.end_op();  // D2
     count_op(h.size_class, false, false);
@@ -292,7 +293,8 @@ BufferPool::State* receiving_part(BufferPool::State& base, const BufferHandle& h
 }
 }  // namespace
 
-std::optional<Buffer> BufferPool::adopt(const BufferHandle& h, std::uint32_t from_holder, HandleStatus* status) noexcept {
+std::optional<Buffer> BufferPool::adopt(const BufferHandle& h, std::uint32_t from_holder,
+                                        HandleStatus* status) noexcept {
   State* p = receiving_part(*s_, h, status);
   if (!p) return std::nullopt;
   State& s = *p;
@@ -304,13 +306,14 @@ std::optional<Buffer> BufferPool::adopt(const BufferHandle& h, std::uint32_t fro
   return s.make_buffer(h);
 }
 
-std::optional<Buffer> BufferPool::take(const BufferHandle& h, std::uint32_t from_holder, HandleStatus* status) noexcept {
+std::optional<Buffer> BufferPool::take(const BufferHandle& h, std::uint32_t from_holder,
+                                       HandleStatus* status) noexcept {
   State* p = receiving_part(*s_, h, status);  // T1
   if (!p) return std::nullopt;
   State& s = *p;
   const bool registered = s.client_slot() >= 0;  // T1
   HandleStatus st;
-  PoolDescriptor* d = s.check(h, &st);  // T2
+  PoolDescriptor* d = s.check(h, &st);                                                                // T2
   if (d) st = registered ? s.move_reference(d, from_holder, s.pid) : HandleStatus::too_many_holders;  // T3
   if (status) *status = st;
   if (st == HandleStatus::ok) return s.make_buffer(h);  // T4
@@ -325,9 +328,9 @@ std::optional<Buffer> BufferPool::share(const BufferHandle& h, std::chrono::nano
   if (!p) return std::nullopt;
   State& s = *p;
   HandleStatus st = HandleStatus::too_many_holders;  // no client slot: nothing is added
-  if (s.client_slot() >= 0) {                          // H1
+  if (s.client_slot() >= 0) {                        // H1
     auto attempt = [&] {
-      PoolDescriptor* d = s.check(h, &st);  // H2
+      PoolDescriptor* d = s.check(h, &st);       // H2
       if (d) st = s.add_reference(d, h, s.pid);  // H3–H4
     };
     attempt();

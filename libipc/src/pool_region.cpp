@@ -28,7 +28,8 @@ void LargeRegion::rebuild() noexcept {
       ++i;
       continue;
     }
-    for (std::uint32_t k = i; k < i + run; ++k) used[k / 64].fetch_or(std::uint64_t{1} << (k % 64), std::memory_order_relaxed);
+    for (std::uint32_t k = i; k < i + run; ++k)
+      used[k / 64].fetch_or(std::uint64_t{1} << (k % 64), std::memory_order_relaxed);
     total += run;
     i += run;
   }
@@ -113,7 +114,8 @@ bool LargeRegion::free(std::uint32_t i, std::uint32_t only_owner, std::uint32_t 
     return false;
   }
   std::atomic<std::uint64_t>* bits = used_bits();  // R5
-  for (std::uint32_t k = i; k < i + n; ++k) bits[k / 64].fetch_and(~(std::uint64_t{1} << (k % 64)), std::memory_order_relaxed);
+  for (std::uint32_t k = i; k < i + n; ++k)
+    bits[k / 64].fetch_and(~(std::uint64_t{1} << (k % 64)), std::memory_order_relaxed);
   d->meta.store(0, std::memory_order_relaxed);
   d->state.store(make_state(0, gen_of(st)), std::memory_order_release);
   r_->used_blocks.fetch_sub(n, std::memory_order_relaxed);

@@ -185,7 +185,9 @@ inline constexpr std::uint32_t kClientPidMask = 0x3fffffffu;
 inline constexpr std::uint32_t kDropping = 0x80000000u;  // holder slot: being released (pids are < 2^22)
 inline std::uint32_t mask_of(std::uint64_t w) { return static_cast<std::uint32_t>(w); }
 inline std::uint64_t make_refword(std::uint32_t gen, std::uint32_t mask) { return std::uint64_t{gen} << 32 | mask; }
-inline bool all_holders_zero(const PoolDescriptor* d) { return mask_of(d->refword.load(std::memory_order_acquire)) == 0; }
+inline bool all_holders_zero(const PoolDescriptor* d) {
+  return mask_of(d->refword.load(std::memory_order_acquire)) == 0;
+}
 // Releases the counted reference in slot k held by `holder` (slot value
 // holder or holder|kDropping): mark, clear the bit, free the slot. Returns
 // true when it was the last reference. *dropped: a reference was released.
@@ -360,7 +362,7 @@ class ExtensionTable {
   PoolHeader::Extension& entry(std::uint32_t i) const noexcept;
 
   BufferPool::State* owner_ = nullptr;
-  PoolConfig config_;                           // how to build an extension
+  PoolConfig config_;                            // how to build an extension
   std::vector<std::unique_ptr<Mapped>> mapped_;  // index i = extension i (0 unused)
 };
 
@@ -426,8 +428,12 @@ class ClientTable {
   std::uint32_t reap_dead(Reclaim reclaim) noexcept;
 
   // Accounting (A1 / F3).
-  void count_admission(int k, std::uint32_t c) noexcept { slots_[k].admitted[c].fetch_add(1, std::memory_order_relaxed); }
-  void uncount_admission(int k, std::uint32_t c) noexcept { slots_[k].admitted[c].fetch_sub(1, std::memory_order_relaxed); }
+  void count_admission(int k, std::uint32_t c) noexcept {
+    slots_[k].admitted[c].fetch_add(1, std::memory_order_relaxed);
+  }
+  void uncount_admission(int k, std::uint32_t c) noexcept {
+    slots_[k].admitted[c].fetch_sub(1, std::memory_order_relaxed);
+  }
   // Adds `bytes` to slot k's admitted bytes; returns the new total.
   std::uint64_t charge(int k, std::uint64_t bytes) noexcept {
     return slots_[k].bytes.fetch_add(bytes, std::memory_order_relaxed) + bytes;

@@ -9,8 +9,8 @@
 #include <utility>
 #include <vector>
 
-#include "ipc/detail/futex.hpp"
 #include "ipc/detail/cpu.hpp"
+#include "ipc/detail/futex.hpp"
 #include "ipc/detail/process.hpp"
 #include "ipc/error.hpp"
 #include "log.hpp"
@@ -209,13 +209,14 @@ PriorityQueueCore PriorityQueueCore::create(Segment& segment, std::string_view n
     throw Error(ErrorCode::invalid_argument, what + ": capacity " + std::to_string(capacity) +
                                                  " is out of range; pass 1.." + std::to_string(kMaxCapacity));
   if (element_size == 0 || element_size > kMaxElementSize)
-    throw Error(ErrorCode::invalid_argument,
-                what + ": element size " + std::to_string(element_size) + " is out of range; pass 1.." +
-                    std::to_string(kMaxElementSize) + " bytes (queue a BufferHandle for larger data)");
+    throw Error(ErrorCode::invalid_argument, what + ": element size " + std::to_string(element_size) +
+                                                 " is out of range; pass 1.." + std::to_string(kMaxElementSize) +
+                                                 " bytes (queue a BufferHandle for larger data)");
   const std::size_t total = bytes_needed(capacity, element_size);
   if (total > segment.size())
     throw Error(ErrorCode::no_space, what + " needs " + std::to_string(total) + " bytes but the segment has only " +
-                                         std::to_string(segment.size()) + "; create a larger segment or lower the capacity");
+                                         std::to_string(segment.size()) +
+                                         "; create a larger segment or lower the capacity");
   Object obj = segment.create_object(name, ObjectType::priority_queue, total, [&](void* p, std::size_t) {
     auto* h = new (p) Header{};
     h->element_size = element_size;
@@ -245,9 +246,9 @@ PriorityQueueCore PriorityQueueCore::open(Segment& segment, std::string_view nam
     throw Error(ErrorCode::version_mismatch, what + " has layout version " + std::to_string(h->layout_version) +
                                                  ", this libipc reads " + std::to_string(kQueueLayoutVersion) +
                                                  "; re-create the queue or use a matching libipc");
-  if (h->capacity == 0 || h->capacity > kMaxCapacity || h->element_size == 0 ||
-      h->element_size > kMaxElementSize || h->stride != stride_for(h->element_size) ||
-      h->total_bytes != bytes_needed(h->capacity, h->element_size) || h->total_bytes > obj.info.size ||
+  if (h->capacity == 0 || h->capacity > kMaxCapacity || h->element_size == 0 || h->element_size > kMaxElementSize ||
+      h->stride != stride_for(h->element_size) || h->total_bytes != bytes_needed(h->capacity, h->element_size) ||
+      h->total_bytes > obj.info.size ||
       h->entries_offset != offsets_for(sizeof(Header), h->capacity, h->element_size).keys ||
       h->free_offset != offsets_for(sizeof(Header), h->capacity, h->element_size).free ||
       h->payload_offset != offsets_for(sizeof(Header), h->capacity, h->element_size).payload || !h->lock.valid())
@@ -326,8 +327,8 @@ void PriorityQueueCore::repair() noexcept {
         put(h, h.slot(m), j);
         ++m;
       } else {
-        log::error("priority queue '{}': repair found the array full and dropped the journal's element seq {}",
-                   name_, jseq);
+        log::error("priority queue '{}': repair found the array full and dropped the journal's element seq {}", name_,
+                   jseq);
       }
     }
   }
@@ -382,14 +383,14 @@ QueueStatus PriorityQueueCore::try_push(const void* element, std::int32_t priori
   crash_order();
   h.journal_op.store(kOpPush, std::memory_order_relaxed);
   crash_order();
-  h.next_seq += 1;               // P3
+  h.next_seq += 1;  // P3
   h.free_count -= 1;
-  sift_up(h, h.size, j);         // P4
+  sift_up(h, h.size, j);  // P4
   crash_order();
-  h.size += 1;                   // P5
+  h.size += 1;  // P5
   // SYNC POINT: pairs with a sleeper's waiters++ (seq_cst) then depth load (seq_cst).
   h.depth.store(h.size, std::memory_order_seq_cst);
-  journal_clear(h);              // P6
+  journal_clear(h);  // P6
   bump(h.pushes);
   h.lock.unlock();
   // SYNC POINT: the other half of the Dekker pair (depth store above, this load).
@@ -425,7 +426,7 @@ QueueStatus PriorityQueueCore::try_pop(void* out, std::int32_t* priority) noexce
   crash_order();
   head(last)->seq.store(0, std::memory_order_relaxed);  // Q4 (s == 1: the top itself, journaled)
   crash_order();
-  h.size = s - 1;  // Q5
+  h.size = s - 1;                      // Q5
   h.free_stack()[h.free_count++] = p;  // the payload slot; reused only after Q6
   // SYNC POINT: pairs with a blocked producer's waiters++ then depth load.
   h.depth.store(s - 1, std::memory_order_seq_cst);
@@ -533,11 +534,14 @@ std::optional<std::string> PriorityQueueCore::check() noexcept {
     for (std::uint32_t i = 0; i < h.capacity && !problem; ++i) {
       const std::uint64_t seq = seq_of(h.slot(i));
       if (i >= h.size) {
-        if (seq != 0) problem = "slot " + std::to_string(i) + " beyond size " + std::to_string(h.size) + " is not empty";
+        if (seq != 0)
+          problem = "slot " + std::to_string(i) + " beyond size " + std::to_string(h.size) + " is not empty";
         continue;
       }
-      if (seq == 0) problem = "slot " + std::to_string(i) + " below size " + std::to_string(h.size) + " is empty";
-      else if (seq >= h.next_seq) problem = "slot " + std::to_string(i) + " has seq " + std::to_string(seq) + " >= next seq";
+      if (seq == 0)
+        problem = "slot " + std::to_string(i) + " below size " + std::to_string(h.size) + " is empty";
+      else if (seq >= h.next_seq)
+        problem = "slot " + std::to_string(i) + " has seq " + std::to_string(seq) + " >= next seq";
       else if (i > 0 && before(h.slot(i), h.slot((i - 1) / 2)))
         problem = "heap order violated between slot " + std::to_string(i) + " and its parent";
       seqs.push_back(seq);
@@ -548,14 +552,18 @@ std::optional<std::string> PriorityQueueCore::check() noexcept {
     std::vector<std::uint32_t> uses(h.capacity, 0);
     for (std::uint32_t i = 0; i < h.size && !problem; ++i) {
       const std::uint32_t p = head(h.slot(i))->payload;
-      if (p >= h.capacity) problem = "slot " + std::to_string(i) + " names payload " + std::to_string(p) + " out of range";
-      else ++uses[p];
+      if (p >= h.capacity)
+        problem = "slot " + std::to_string(i) + " names payload " + std::to_string(p) + " out of range";
+      else
+        ++uses[p];
     }
     if (!problem && h.free_count != h.capacity - h.size) problem = "free count differs from capacity - size";
     for (std::uint32_t k = 0; k < h.free_count && !problem; ++k) {
       const std::uint32_t p = h.free_stack()[k];
-      if (p >= h.capacity) problem = "free stack holds an out-of-range payload slot";
-      else ++uses[p];
+      if (p >= h.capacity)
+        problem = "free stack holds an out-of-range payload slot";
+      else
+        ++uses[p];
     }
     if (!problem && std::any_of(uses.begin(), uses.end(), [](std::uint32_t u) { return u != 1; }))
       problem = "a payload slot is used twice or lost";
@@ -568,7 +576,9 @@ std::optional<std::string> PriorityQueueCore::check() noexcept {
   return problem;
 }
 
-PriorityQueueListener PriorityQueueCore::listen() const { return PriorityQueueListener(h_->not_empty, &h_->pop_waiters); }
+PriorityQueueListener PriorityQueueCore::listen() const {
+  return PriorityQueueListener(h_->not_empty, &h_->pop_waiters);
+}
 
 PriorityQueueListener::PriorityQueueListener(Event& event, std::atomic<std::uint32_t>* waiters)
     : listener_(std::make_unique<EventListener>(event)), waiters_(waiters) {

@@ -29,7 +29,7 @@ constexpr std::uint64_t kNamespaceSpan = std::uint64_t{1} << 61;
 struct Registration {
   pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
   int fd = -1;
-  bool tried = false;           // open attempted in this process (success or not)
+  bool tried = false;            // open attempted in this process (success or not)
   std::uint64_t inode_bits = 0;  // low kTokenInodeBits of the file's inode
   off_t namespace_byte = 0;      // our shared lock in the namespace region
 };
@@ -53,7 +53,7 @@ void after_fork_in_parent() { pthread_mutex_unlock(&g_registration.lock); }
 
 // F_OFD_SETLK/GETLK on [start, start + len); len 0 = to the end of the file space.
 bool ofd_lock(int fd, short type, off_t start, off_t len) {
-  struct flock fl{};
+  struct flock fl {};
   fl.l_type = type;
   fl.l_whence = SEEK_SET;
   fl.l_start = start;
@@ -62,7 +62,7 @@ bool ofd_lock(int fd, short type, off_t start, off_t len) {
 }
 // 1: another open file description holds a conflicting lock; 0: none; -1: error.
 int ofd_locked_by_other(int fd, off_t start, off_t len) {
-  struct flock fl{};
+  struct flock fl {};
   fl.l_type = F_WRLCK;
   fl.l_whence = SEEK_SET;
   fl.l_start = start;
@@ -84,7 +84,7 @@ int liveness_fd() noexcept {
     } else if (errno == EEXIST) {
       fd = ::open(kLivenessPath, O_RDWR | O_CLOEXEC);
     }
-    struct stat st{};
+    struct stat st {};
     if (fd >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
       const std::uint64_t ns = pid_namespace_id();
       const off_t ns_byte = kNamespaceRegion + static_cast<off_t>(ns % kNamespaceSpan);
@@ -295,7 +295,7 @@ Liveness thread_liveness(pid_t pid, pid_t tid, std::uint64_t token) noexcept {
 }
 
 std::uint64_t pid_namespace_id() noexcept {
-  struct stat st{};
+  struct stat st {};
   if (::stat("/proc/self/ns/pid", &st) != 0) return 0;
   return static_cast<std::uint64_t>(st.st_ino);
 }

@@ -1,6 +1,6 @@
 // The steps ring channels and broadcast channels share: see ipc/detail/ring.hpp.
-#include "ipc/channel_message.hpp"
 #include "ipc/detail/ring.hpp"
+#include "ipc/channel_message.hpp"
 
 #include <sys/random.h>
 
@@ -44,7 +44,8 @@ bool StuckTimer::expired(std::uint64_t key) noexcept {
     since_.store(now, std::memory_order_relaxed);
     return false;
   }
-  if (now - since_.load(std::memory_order_relaxed) < static_cast<std::uint64_t>(std::chrono::nanoseconds(kStuckCheck).count()))
+  if (now - since_.load(std::memory_order_relaxed) <
+      static_cast<std::uint64_t>(std::chrono::nanoseconds(kStuckCheck).count()))
     return false;
   since_.store(now, std::memory_order_relaxed);
   return true;
@@ -75,9 +76,9 @@ void check_pool(const std::string& what, std::uint32_t ring_pool_id, const Buffe
                     ": open it with that BufferPool (a process without the pool could not take over or release "
                     "the references its slots hold)");
   if (pool && ring_pool_id != pool->pool_id())
-    throw Error(ErrorCode::invalid_argument, what + " was created for pool id " + std::to_string(ring_pool_id) +
-                                                 ", not pool '" + pool->name() + "' (id " + std::to_string(pool->pool_id()) +
-                                                 "): open it with the pool it was created with");
+    throw Error(ErrorCode::invalid_argument,
+                what + " was created for pool id " + std::to_string(ring_pool_id) + ", not pool '" + pool->name() +
+                    "' (id " + std::to_string(pool->pool_id()) + "): open it with the pool it was created with");
 }
 
 std::uint32_t random_tag() noexcept {
@@ -129,7 +130,8 @@ bool fill_slot(SlotHeader* s, std::span<const std::byte> bytes, std::span<Buffer
 }
 
 void release_handles(SlotHeader* s, std::size_t payload_capacity, BufferPool* pool, std::uint32_t holder) noexcept {
-  const std::uint32_t n = std::min<std::uint32_t>(load_field(s->handles), static_cast<std::uint32_t>(payload_capacity / kHandleBytes));
+  const std::uint32_t n =
+      std::min<std::uint32_t>(load_field(s->handles), static_cast<std::uint32_t>(payload_capacity / kHandleBytes));
   if (pool)
     for (std::uint32_t i = 0; i < n; ++i) pool->release(handle_at(s, static_cast<int>(i)), holder);
   store_field(s->handles, 0);

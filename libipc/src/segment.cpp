@@ -60,8 +60,7 @@ std::uint64_t fnv1a(const void* data, std::size_t len) {
 std::size_t align_up(std::size_t v, std::size_t a) { return (v + a - 1) / a * a; }
 
 bool valid_name_char(char c, bool object) {
-  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-')
-    return true;
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-') return true;
   return object && (c == '.' || c == ':' || c == '/');
 }
 
@@ -71,14 +70,12 @@ void validate_name(std::string_view name, std::string_view what, std::size_t max
                                                  std::to_string(max) + " characters long");
   for (char c : name)
     if (!valid_name_char(c, object))
-      throw Error(ErrorCode::invalid_argument,
-                  std::string(what) + " name '" + std::string(name) + "' contains '" + std::string(1, c) +
-                      "'; allowed are letters, digits, '_' and '-'" + (object ? ", '.', ':' and '/'" : ""));
+      throw Error(ErrorCode::invalid_argument, std::string(what) + " name '" + std::string(name) + "' contains '" +
+                                                   std::string(1, c) + "'; allowed are letters, digits, '_' and '-'" +
+                                                   (object ? ", '.', ':' and '/'" : ""));
 }
 
-std::string mib(std::uint64_t bytes) {
-  return std::to_string(bytes >> 20) + " MiB";
-}
+std::string mib(std::uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 
 // The segments this process has mapped, for object_label(). Per-process
 // bookkeeping, not shared state: a fork child inherits it together with the
@@ -136,9 +133,7 @@ struct Segment::Header {
   std::uint64_t next_object_generation;
 
   std::uint64_t compute_checksum() const { return fnv1a(this, offsetof(Header, checksum)); }
-  DirectoryEntry* entries(std::byte* base) const {
-    return reinterpret_cast<DirectoryEntry*>(base + directory_offset);
-  }
+  DirectoryEntry* entries(std::byte* base) const { return reinterpret_cast<DirectoryEntry*>(base + directory_offset); }
 };
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
@@ -261,8 +256,8 @@ Segment Segment::create(std::string_view name, const SegmentOptions& options) {
                                                  " is outside " + std::to_string(kMinSegmentSize) + ".." +
                                                  std::to_string(kMaxSegmentSize) + " bytes");
   if (options.directory_capacity == 0 || options.directory_capacity > kMaxDirectoryCapacity)
-    throw Error(ErrorCode::invalid_argument, "cannot create " + what + ": directory_capacity must be 1.." +
-                                                 std::to_string(kMaxDirectoryCapacity));
+    throw Error(ErrorCode::invalid_argument,
+                "cannot create " + what + ": directory_capacity must be 1.." + std::to_string(kMaxDirectoryCapacity));
   if (options.mode & ~07777u)
     throw Error(ErrorCode::invalid_argument, "cannot create " + what + ": mode has bits outside 07777");
   const std::size_t size = align_up(options.size, 4096);
@@ -273,12 +268,12 @@ Segment Segment::create(std::string_view name, const SegmentOptions& options) {
                                                  std::to_string(options.directory_capacity) +
                                                  " entries leaves no room for objects; make size larger");
 
-  struct statvfs vfs{};
+  struct statvfs vfs {};
   if (::statvfs(kShmDir, &vfs) == 0) {
     std::uint64_t free_bytes = std::uint64_t{vfs.f_bavail} * vfs.f_frsize;
     if (free_bytes < size)
-      throw Error(ErrorCode::no_space, "cannot create " + what + ": it needs " + mib(size) + ", " + kShmDir +
-                                           " has " + mib(free_bytes) +
+      throw Error(ErrorCode::no_space, "cannot create " + what + ": it needs " + mib(size) + ", " + kShmDir + " has " +
+                                           mib(free_bytes) +
                                            " free; free space there, or enlarge it (in Docker use --shm-size)");
   }
 
@@ -298,8 +293,9 @@ Segment Segment::create(std::string_view name, const SegmentOptions& options) {
   do rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
   while (rc == EINTR);
   if (rc == ENOSPC)
-    throw Error(ErrorCode::no_space, "cannot create " + what + ": it needs " + mib(size) + " and " + kShmDir +
-                                         " ran out of space; free space there, or enlarge it (in Docker use --shm-size)");
+    throw Error(ErrorCode::no_space,
+                "cannot create " + what + ": it needs " + mib(size) + " and " + kShmDir +
+                    " ran out of space; free space there, or enlarge it (in Docker use --shm-size)");
   if (rc != 0) throw_errno(rc, "cannot allocate " + mib(size) + " for " + what);
 
   // Step 3: build the header.
@@ -332,7 +328,8 @@ Segment Segment::create(std::string_view name, const SegmentOptions& options) {
     if (err == EEXIST)
       throw Error(ErrorCode::already_exists, "cannot create " + what +
                                                  ": it already exists; open it instead, or remove it first "
-                                                 "(Segment::unlink, or remove " + path + " if it is a leftover)");
+                                                 "(Segment::unlink, or remove " +
+                                                 path + " if it is a leftover)");
     throw_errno(err, "cannot publish " + what);
   }
   log::debug("created {} ({} bytes)", what, size);
@@ -351,13 +348,15 @@ Segment Segment::open(std::string_view name, const OpenOptions& options) {
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT)
-      throw Error(ErrorCode::not_found, "cannot open " + what + ": it does not exist; create it first (Segment::create)");
+      throw Error(ErrorCode::not_found,
+                  "cannot open " + what + ": it does not exist; create it first (Segment::create)");
     if (err == EACCES || err == EPERM) {
-      struct stat st{};
-      std::string detail = ::stat(path.c_str(), &st) == 0
-                               ? " (owner uid " + std::to_string(st.st_uid) + ", group " + std::to_string(st.st_gid) +
-                                     ", mode 0" + std::to_string((st.st_mode >> 6 & 7) * 100 + (st.st_mode >> 3 & 7) * 10 + (st.st_mode & 7)) + ")"
-                               : "";
+      struct stat st {};
+      std::string detail =
+          ::stat(path.c_str(), &st) == 0
+              ? " (owner uid " + std::to_string(st.st_uid) + ", group " + std::to_string(st.st_gid) + ", mode 0" +
+                    std::to_string((st.st_mode >> 6 & 7) * 100 + (st.st_mode >> 3 & 7) * 10 + (st.st_mode & 7)) + ")"
+              : "";
       throw Error(ErrorCode::permission_denied, "cannot open " + what + ": permission denied" + detail +
                                                     "; run as its owner or a member of its group");
     }
@@ -368,7 +367,7 @@ Segment Segment::open(std::string_view name, const OpenOptions& options) {
     ~FdCloser() { ::close(fd); }
   } closer{fd};
 
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) throw_errno(errno, "cannot stat " + what);
   if (!S_ISREG(st.st_mode)) throw Error(ErrorCode::bad_magic, "cannot open " + what + ": not a regular file");
   if (static_cast<std::uint64_t>(st.st_size) < sizeof(Header))
@@ -389,18 +388,21 @@ Segment Segment::open(std::string_view name, const OpenOptions& options) {
                                                  std::to_string(kSegmentLayoutVersion) +
                                                  "; use the libipc that created it, or re-create the segment");
   if (h.checksum != h.compute_checksum())
-    throw Error(ErrorCode::corrupted, "cannot open " + what + ": header checksum mismatch; the segment is corrupted — "
-                                                             "remove it (Segment::unlink) and re-create it");
+    throw Error(ErrorCode::corrupted, "cannot open " + what +
+                                          ": header checksum mismatch; the segment is corrupted — "
+                                          "remove it (Segment::unlink) and re-create it");
   if (h.total_size != static_cast<std::uint64_t>(st.st_size))
     throw Error(h.total_size > static_cast<std::uint64_t>(st.st_size) ? ErrorCode::truncated : ErrorCode::corrupted,
-                "cannot open " + what + ": its header says " + std::to_string(h.total_size) + " bytes but the file has " +
-                    std::to_string(st.st_size) + "; it was resized after creation — remove and re-create it");
+                "cannot open " + what + ": its header says " + std::to_string(h.total_size) +
+                    " bytes but the file has " + std::to_string(st.st_size) +
+                    "; it was resized after creation — remove and re-create it");
   if (h.header_size != sizeof(Header) || h.directory_offset != kHeaderBytes || h.directory_capacity == 0 ||
       h.directory_capacity > kMaxDirectoryCapacity ||
       h.heap_offset < h.directory_offset + std::uint64_t{h.directory_capacity} * sizeof(DirectoryEntry) ||
       h.heap_offset >= h.total_size)
-    throw Error(ErrorCode::corrupted, "cannot open " + what + ": header fields are inconsistent; the segment is "
-                                                             "corrupted — remove it and re-create it");
+    throw Error(ErrorCode::corrupted, "cannot open " + what +
+                                          ": header fields are inconsistent; the segment is "
+                                          "corrupted — remove it and re-create it");
   std::uint64_t ns = detail::pid_namespace_id();
   // Owner records are judged by liveness tokens, which hold across PID
   // namespaces (detail/process.hpp). Only without the liveness file are they
@@ -430,8 +432,7 @@ void* Segment::at(std::uint64_t offset, std::size_t len) const noexcept {
 
 std::uint64_t Segment::offset_of(const void* p) const {
   auto* b = static_cast<const std::byte*>(p);
-  if (b < base_ || b >= base_ + size_)
-    throw Error(ErrorCode::invalid_argument, "pointer is not inside " + describe());
+  if (b < base_ || b >= base_ + size_) throw Error(ErrorCode::invalid_argument, "pointer is not inside " + describe());
   return static_cast<std::uint64_t>(b - base_);
 }
 
@@ -448,9 +449,9 @@ void Segment::lock_directory() {
       m.mark_consistent();
       return;
     case LockResult::not_recoverable:
-      throw Error(ErrorCode::not_recoverable, "directory lock of " + describe() + " is not recoverable; re-create the segment");
-    default:
-      throw Error(ErrorCode::system, "directory lock of " + describe() + " failed (relocked by its owner?)");
+      throw Error(ErrorCode::not_recoverable,
+                  "directory lock of " + describe() + " is not recoverable; re-create the segment");
+    default: throw Error(ErrorCode::system, "directory lock of " + describe() + " failed (relocked by its owner?)");
   }
 }
 
@@ -612,8 +613,7 @@ Object Segment::create_locked(std::string_view name, ObjectType type, std::size_
   slot->state.store(kReady, std::memory_order_release);
   h->directory_version.store(v + 2, std::memory_order_release);
 
-  ObjectInfo info{std::string(name), type, found, size, slot->generation, slot->creator_pid,
-                  slot->created_realtime_ns};
+  ObjectInfo info{std::string(name), type, found, size, slot->generation, slot->creator_pid, slot->created_realtime_ns};
   return Object{data, std::move(info)};
 }
 
@@ -640,10 +640,10 @@ Object Segment::find_or_create_object(std::string_view name, ObjectType type, st
                                                 to_string(info.type) + ", not a " + to_string(type) +
                                                 "; open it as a " + to_string(info.type) + " or use another name");
     if (info.size != size)
-      throw Error(ErrorCode::already_exists, "object '" + std::string(name) + "' in " + describe() +
-                                                 " exists as a " + to_string(info.type) + " of " +
-                                                 std::to_string(info.size) + " bytes, not a " + to_string(type) +
-                                                 " of " + std::to_string(size) + " bytes");
+      throw Error(ErrorCode::already_exists, "object '" + std::string(name) + "' in " + describe() + " exists as a " +
+                                                 to_string(info.type) + " of " + std::to_string(info.size) +
+                                                 " bytes, not a " + to_string(type) + " of " + std::to_string(size) +
+                                                 " bytes");
     return make_object(info);
   }
   return create_locked(name, type, size, init);

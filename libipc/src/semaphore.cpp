@@ -72,7 +72,8 @@ void Semaphore::post(std::uint32_t n) noexcept {
   base_ = std::min<std::int64_t>(base_ + n, kMaxValue);
   recompute();
   lock_.unlock();
-  if (waiters_.load(std::memory_order_seq_cst)) detail::futex_wake(&available_, static_cast<int>(std::min(n, 0x7fffffffu)));
+  if (waiters_.load(std::memory_order_seq_cst))
+    detail::futex_wake(&available_, static_cast<int>(std::min(n, 0x7fffffffu)));
 }
 
 bool Semaphore::release() noexcept {

@@ -22,9 +22,9 @@ std::uint64_t make_word(std::uint32_t owner, std::uint32_t count) { return std::
 bool SharedMutex::reclaim_if_dead(ReaderSlot& slot, std::uint64_t observed) noexcept {
   std::uint32_t owner = owner_of(observed);
   if (owner == 0) return false;
-  detail::Liveness l = owner & kClaiming
-                           ? detail::process_liveness(static_cast<pid_t>(owner & ~kClaiming), 0)
-                           : detail::process_liveness(static_cast<pid_t>(owner), slot.token.load(std::memory_order_relaxed));
+  detail::Liveness l = owner & kClaiming ? detail::process_liveness(static_cast<pid_t>(owner & ~kClaiming), 0)
+                                         : detail::process_liveness(static_cast<pid_t>(owner),
+                                                                    slot.token.load(std::memory_order_relaxed));
   if (l != detail::Liveness::dead) return false;
   if (!slot.word.compare_exchange_strong(observed, 0, std::memory_order_acq_rel)) return false;
   if (count_of(observed))
@@ -55,10 +55,9 @@ SharedMutex::ReaderSlot* SharedMutex::my_slot() noexcept {
       bool idle = owner_of(w) != 0 && !(owner_of(w) & kClaiming) && count_of(w) == 0;
       if (w != 0 && pass == 1 && !idle && reclaim_if_dead(s, w)) w = 0;
       if (w != 0 && !(pass == 1 && idle)) continue;
-      if (!s.word.compare_exchange_strong(w, make_word(me | kClaiming, 0), std::memory_order_acq_rel))
-        continue;                                                     // C1
-      s.token.store(token, std::memory_order_relaxed);                // C2
-      s.word.store(make_word(me, 0), std::memory_order_release);      // C3
+      if (!s.word.compare_exchange_strong(w, make_word(me | kClaiming, 0), std::memory_order_acq_rel)) continue;  // C1
+      s.token.store(token, std::memory_order_relaxed);                                                            // C2
+      s.word.store(make_word(me, 0), std::memory_order_release);                                                  // C3
       return &s;
     }
   }
@@ -73,11 +72,11 @@ LockResult SharedMutex::lock_shared_until_ns(std::uint64_t deadline_ns) noexcept
       std::uint64_t w = slot->word.load(std::memory_order_relaxed);
       while (owner_of(w) == me && !slot->word.compare_exchange_weak(w, w + 1, std::memory_order_seq_cst)) {
       }
-      if (owner_of(w) != me) continue;                         // our idle slot was taken: find another
-      {                                                        // R2 done
-        if (state_.load(std::memory_order_seq_cst) == 0)       // R3
+      if (owner_of(w) != me) continue;                    // our idle slot was taken: find another
+      {                                                   // R2 done
+        if (state_.load(std::memory_order_seq_cst) == 0)  // R3
           return suspect_.load(std::memory_order_acquire) ? LockResult::owner_died : LockResult::acquired;
-        w = slot->word.load(std::memory_order_relaxed);        // R4
+        w = slot->word.load(std::memory_order_relaxed);  // R4
         while (!slot->word.compare_exchange_weak(w, w - 1, std::memory_order_seq_cst)) {
         }
         reader_released();

@@ -6,8 +6,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <optional>
@@ -30,8 +30,8 @@ struct Board {
 };
 
 bool note_ok(consumer::Note::Reader n) {
-  return n.getId() == 7 && std::strcmp(n.getText().cStr(), "hello from a consumer") == 0 &&
-         n.getTags().size() == 2 && std::strcmp(n.getTags()[1].cStr(), "two") == 0;
+  return n.getId() == 7 && std::strcmp(n.getText().cStr(), "hello from a consumer") == 0 && n.getTags().size() == 2 &&
+         std::strcmp(n.getTags()[1].cStr(), "two") == 0;
 }
 
 ipc::SealedMessage build(ipc::BufferPool& pool) {
@@ -60,8 +60,8 @@ int read_note(std::vector<ipc::Buffer> buffers, const char* who) {
     return 1;
   }
   bool ok = false;
-  if (r->visit<consumer::Note>([&](consumer::Note::Reader n) { ok = note_ok(n); }, &error) !=
-      ipc::MessageStatus::ok || !ok) {
+  if (r->visit<consumer::Note>([&](consumer::Note::Reader n) { ok = note_ok(n); }, &error) != ipc::MessageStatus::ok ||
+      !ok) {
     std::fprintf(stderr, "consumer_message (%s): wrong content %s\n", who, error.c_str());
     return 1;
   }

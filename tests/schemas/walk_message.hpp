@@ -36,14 +36,10 @@ inline std::uint64_t walk_struct(const capnp::DynamicStruct::Reader& s, int dept
 
 inline std::uint64_t walk_value(const capnp::DynamicValue::Reader& v, int depth) {
   switch (v.getType()) {
-    case capnp::DynamicValue::VOID:
-      return 1;
-    case capnp::DynamicValue::BOOL:
-      return v.as<bool>() ? 3 : 2;
-    case capnp::DynamicValue::INT:
-      return static_cast<std::uint64_t>(v.as<std::int64_t>());
-    case capnp::DynamicValue::UINT:
-      return v.as<std::uint64_t>();
+    case capnp::DynamicValue::VOID: return 1;
+    case capnp::DynamicValue::BOOL: return v.as<bool>() ? 3 : 2;
+    case capnp::DynamicValue::INT: return static_cast<std::uint64_t>(v.as<std::int64_t>());
+    case capnp::DynamicValue::UINT: return v.as<std::uint64_t>();
     case capnp::DynamicValue::FLOAT: {  // the bits: a hostile double may not convert to an integer
       const double d = v.as<double>();
       std::uint64_t bits;
@@ -51,8 +47,7 @@ inline std::uint64_t walk_value(const capnp::DynamicValue::Reader& v, int depth)
       return bits;
     }
       return static_cast<std::uint64_t>(v.as<double>() * 7);
-    case capnp::DynamicValue::ENUM:
-      return v.as<capnp::DynamicEnum>().getRaw();
+    case capnp::DynamicValue::ENUM: return v.as<capnp::DynamicEnum>().getRaw();
     case capnp::DynamicValue::TEXT: {
       std::uint64_t h = 0;
       for (char c : v.as<capnp::Text>()) h = h * 131 + static_cast<unsigned char>(c);
@@ -68,10 +63,8 @@ inline std::uint64_t walk_value(const capnp::DynamicValue::Reader& v, int depth)
       for (auto e : v.as<capnp::DynamicList>()) h = h * 17 + walk_value(e, depth + 1);
       return h;
     }
-    case capnp::DynamicValue::STRUCT:
-      return walk_struct(v.as<capnp::DynamicStruct>(), depth + 1);
-    default:
-      return 0;  // interfaces, AnyPointer: not in our schemas
+    case capnp::DynamicValue::STRUCT: return walk_struct(v.as<capnp::DynamicStruct>(), depth + 1);
+    default: return 0;  // interfaces, AnyPointer: not in our schemas
   }
 }
 

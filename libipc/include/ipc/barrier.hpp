@@ -97,7 +97,7 @@ class alignas(64) Barrier {
 
   Mutex lock_;
   std::uint32_t participants_;
-  std::atomic<std::uint32_t> phase_{0};  // written under lock_; atomic for the racy phase() read
+  std::atomic<std::uint32_t> phase_{0};                   // written under lock_; atomic for the racy phase() read
   alignas(64) std::atomic<std::uint32_t> phase_word_{0};  // futex word
   std::atomic<std::uint32_t> broken_pid_{0};
   std::atomic<std::uint32_t> last_dead_pid_{0};  // survives reset(), for waiters that slept through it

@@ -88,10 +88,10 @@
 #include <vector>
 
 #include "ipc/channel.hpp"
-#include "ipc/event.hpp"
-#include "ipc/pool.hpp"
 #include "ipc/channel_message.hpp"
 #include "ipc/detail/ring.hpp"
+#include "ipc/event.hpp"
+#include "ipc/pool.hpp"
 #include "ipc/segment.hpp"
 
 namespace ipc {
@@ -202,8 +202,8 @@ class Subscription {
   bool subscribed() const noexcept { return slot_ >= 0; }
 
   std::uint64_t cursor() const noexcept;
-  std::uint64_t lag() const noexcept;       // messages published but not yet read by this subscriber
-  std::uint64_t missed() const noexcept;    // total overrun messages
+  std::uint64_t lag() const noexcept;     // messages published but not yet read by this subscriber
+  std::uint64_t missed() const noexcept;  // total overrun messages
   std::uint64_t received() const noexcept;
 
  private:
@@ -214,8 +214,8 @@ class Subscription {
   std::shared_ptr<Broadcast::State> s_;
   int slot_ = -1;
   std::uint64_t owner_ = 0;
-  std::uint64_t cursor_ = 0;  // local copy (the slot's cursor is the published one)
-  ring::StuckTimer stuck_;  // a dead publisher's slot at our cursor
+  std::uint64_t cursor_ = 0;          // local copy (the slot's cursor is the published one)
+  ring::StuckTimer stuck_;            // a dead publisher's slot at our cursor
   std::uint64_t pending_missed_ = 0;  // overrun positions not yet reported with a message
   std::uint32_t empty_polls_ = 0;
 };

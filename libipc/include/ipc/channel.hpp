@@ -76,10 +76,10 @@
 #include <span>
 #include <string_view>
 
-#include "ipc/event.hpp"
-#include "ipc/pool.hpp"
 #include "ipc/channel_message.hpp"
 #include "ipc/detail/ring.hpp"
+#include "ipc/event.hpp"
+#include "ipc/pool.hpp"
 #include "ipc/segment.hpp"
 
 namespace ipc {
@@ -111,14 +111,13 @@ struct ChannelStats {
   std::uint64_t depth = 0;  // messages sent and not yet received (approximate under traffic)
   std::uint64_t sends = 0;
   std::uint64_t receives = 0;
-  std::uint64_t drops = 0;       // Backpressure::drop_oldest discards
-  std::uint64_t recovered = 0;   // slots recovered from dead processes
+  std::uint64_t drops = 0;      // Backpressure::drop_oldest discards
+  std::uint64_t recovered = 0;  // slots recovered from dead processes
   std::uint64_t send_blocked_ns = 0;
   std::uint64_t receive_blocked_ns = 0;
   std::uint32_t data_waiters = 0;
   std::uint32_t space_waiters = 0;
 };
-
 
 class Channel {
  public:
@@ -158,8 +157,8 @@ class Channel {
                                 std::chrono::nanoseconds timeout = kForever) noexcept;
   // Sends messages in order under the policy; wakes receivers once. Returns
   // how many were sent (stops at the first that is not ok; *status says why).
-  std::size_t send_batch(std::span<const std::span<const std::byte>> messages, std::chrono::nanoseconds timeout = kForever,
-                         SendStatus* status = nullptr) noexcept;
+  std::size_t send_batch(std::span<const std::span<const std::byte>> messages,
+                         std::chrono::nanoseconds timeout = kForever, SendStatus* status = nullptr) noexcept;
 
   // ---- receive. `out` is cleared first; on ok it holds the message.
   [[nodiscard]] ReceiveStatus try_receive(Message& out) noexcept;

@@ -23,11 +23,11 @@ namespace ipc {
 
 enum class SendStatus : std::uint8_t {
   ok,
-  full,          // try_send / Backpressure::fail: no free slot
-  timed_out,     // blocking send: no slot freed in time
-  too_large,     // bytes + 16·buffers exceed the slot payload
-  no_pool,       // buffers given, but the channel was opened without a BufferPool
-  bad_buffer,    // an empty Buffer, one of another pool, or its reference could not be moved
+  full,        // try_send / Backpressure::fail: no free slot
+  timed_out,   // blocking send: no slot freed in time
+  too_large,   // bytes + 16·buffers exceed the slot payload
+  no_pool,     // buffers given, but the channel was opened without a BufferPool
+  bad_buffer,  // an empty Buffer, one of another pool, or its reference could not be moved
 };
 enum class ReceiveStatus : std::uint8_t { ok, empty, timed_out };
 const char* to_string(SendStatus s) noexcept;

@@ -32,10 +32,9 @@
 // waiters_ hint one too high; the kernel drops a dead task from the futex
 // queue. A waiter killed after notify_one() woke it, before it re-locked,
 // swallows that wake-up: so W4 sleeps in slices of Mutex::kLivenessSlice and
-// returns when seq_ moved, which bounds such a loss to one slice. A waiter dying after W6 holds the mutex: the mutex's owner_died
-// path (ipc::Mutex) handles it. A notifier dying leaves nothing.
-// The relock in W6 reports owner_died like Mutex::lock(): the caller owns the
-// mutex and must repair, exactly as after lock().
+// returns when seq_ moved, which bounds such a loss to one slice. A waiter dying after W6 holds the mutex: the mutex's
+// owner_died path (ipc::Mutex) handles it. A notifier dying leaves nothing. The relock in W6 reports owner_died like
+// Mutex::lock(): the caller owns the mutex and must repair, exactly as after lock().
 #pragma once
 
 #include <atomic>
@@ -47,7 +46,7 @@
 namespace ipc {
 
 struct CondWait {
-  bool timed_out = false;             // the deadline passed before a notify
+  bool timed_out = false;                  // the deadline passed before a notify
   LockResult lock = LockResult::acquired;  // result of re-locking the mutex
   bool owns_lock() const noexcept { return owns(lock); }
 };

@@ -108,14 +108,17 @@ class Publisher {
   // `first_buffer_bytes`: default size of a message's first buffer (header
   // included); size it to your typical message to keep messages in one
   // segment. The channel/broadcast and the pool must outlive the endpoint.
-  Publisher(Channel& channel, BufferPool& pool, std::size_t first_buffer_bytes = MessageBuilder::kDefaultFirstBufferBytes)
+  Publisher(Channel& channel, BufferPool& pool,
+            std::size_t first_buffer_bytes = MessageBuilder::kDefaultFirstBufferBytes)
       : target_(&channel), pool_(&pool), first_buffer_bytes_(first_buffer_bytes) {}
-  Publisher(Broadcast& broadcast, BufferPool& pool, std::size_t first_buffer_bytes = MessageBuilder::kDefaultFirstBufferBytes)
+  Publisher(Broadcast& broadcast, BufferPool& pool,
+            std::size_t first_buffer_bytes = MessageBuilder::kDefaultFirstBufferBytes)
       : target_(&broadcast), pool_(&pool), first_buffer_bytes_(first_buffer_bytes) {}
 
   // A new message. `first_buffer_bytes` 0: the publisher's default.
   Loan loan(std::size_t first_buffer_bytes = 0) {
-    return Loan(std::make_unique<MessageBuilder>(*pool_, first_buffer_bytes ? first_buffer_bytes : first_buffer_bytes_));
+    return Loan(
+        std::make_unique<MessageBuilder>(*pool_, first_buffer_bytes ? first_buffer_bytes : first_buffer_bytes_));
   }
 
   // Seals the message and sends its handles. Channel: per its backpressure

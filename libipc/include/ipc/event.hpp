@@ -107,12 +107,12 @@ class alignas(64) Event {
     for (;;) {
       const std::uint64_t now = detail::monotonic_ns();
       if (now >= deadline_ns) return false;
-      waiters.fetch_add(1, std::memory_order_seq_cst);       // W1
+      waiters.fetch_add(1, std::memory_order_seq_cst);      // W1
       std::atomic_thread_fence(std::memory_order_seq_cst);  // SYNC POINT: with the notifier's load of `waiters`
       const std::uint32_t seen = value();                   // W2
       const bool finished = done();                         // W3
       if (!finished) wait_impl(seen, slice_ns >= deadline_ns - now ? deadline_ns : now + slice_ns);  // W4
-      waiters.fetch_sub(1, std::memory_order_relaxed);  // W5
+      waiters.fetch_sub(1, std::memory_order_relaxed);                                               // W5
       if (finished || done()) return true;
     }
   }

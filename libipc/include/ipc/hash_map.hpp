@@ -116,8 +116,8 @@
 #include <utility>
 #include <vector>
 
-#include "ipc/error.hpp"
 #include "ipc/detail/function_ref.hpp"
+#include "ipc/error.hpp"
 #include "ipc/segment.hpp"
 #include "ipc/shared_mutex.hpp"
 
@@ -152,14 +152,14 @@ struct ShardStats {
   std::uint64_t size = 0;
   std::uint64_t tombstones = 0;
   std::uint64_t capacity = 0;
-  double load_factor = 0;       // size / capacity
-  std::uint64_t generation = 0; // of the current table: 1 + number of rehashes
-  std::uint64_t lock_waits = 0;       // lock calls that found the lock busy
-  std::uint64_t lock_wait_ns = 0;     // total time those calls waited
-  std::uint64_t probe_max = 0;        // longest probe sequence seen (slots)
-  double probe_avg = 0;               // mean probe length of inserts
+  double load_factor = 0;          // size / capacity
+  std::uint64_t generation = 0;    // of the current table: 1 + number of rehashes
+  std::uint64_t lock_waits = 0;    // lock calls that found the lock busy
+  std::uint64_t lock_wait_ns = 0;  // total time those calls waited
+  std::uint64_t probe_max = 0;     // longest probe sequence seen (slots)
+  double probe_avg = 0;            // mean probe length of inserts
   std::uint64_t rehashes = 0;
-  std::uint64_t repairs = 0;          // owner_died repairs of this shard
+  std::uint64_t repairs = 0;  // owner_died repairs of this shard
 };
 struct MapStats {
   std::vector<ShardStats> shards;
@@ -219,8 +219,7 @@ class BytesMap {
   void get_many(std::span<const std::string_view> keys, std::span<MapStatus> statuses,
                 detail::FunctionRef<void(std::size_t index, std::string_view value)> fn) const;
   // insert_or_assign of every pair; statuses[i] for entries[i].
-  void put_many(std::span<const std::pair<std::string_view, std::string_view>> entries,
-                std::span<MapStatus> statuses);
+  void put_many(std::span<const std::pair<std::string_view, std::string_view>> entries, std::span<MapStatus> statuses);
 
   // ---- iteration: one shard at a time, consistent within it (shared lock) ----
   MapStatus for_each_in_shard(std::uint32_t shard, EntryFn fn) const;
@@ -295,7 +294,9 @@ class HashMap {
     return HashMap(BytesMap::create(segment, name, options));
   }
   // Throws invalid_argument if the map's key/value sizes are not sizeof(K)/sizeof(V).
-  static HashMap open(Segment& segment, std::string_view name) { return HashMap(checked(BytesMap::open(segment, name))); }
+  static HashMap open(Segment& segment, std::string_view name) {
+    return HashMap(checked(BytesMap::open(segment, name)));
+  }
   static HashMap open_or_create(Segment& segment, std::string_view name, MapOptions options = {}) {
     options.max_key_bytes = sizeof(K);
     options.max_value_bytes = sizeof(V);
@@ -344,9 +345,8 @@ class HashMap {
   }
   template <typename F>  // fn(const K&, const V&)
   MapStatus for_each_in_shard(std::uint32_t shard, F&& fn) const {
-    return map_.for_each_in_shard(shard, [&](std::string_view k, std::string_view v) {
-      fn(load<K>(k.data()), load<V>(v.data()));
-    });
+    return map_.for_each_in_shard(
+        shard, [&](std::string_view k, std::string_view v) { fn(load<K>(k.data()), load<V>(v.data())); });
   }
   template <typename F>
   MapStatus for_each(F&& fn) const {
@@ -377,9 +377,9 @@ class HashMap {
     if (m.max_key_bytes() != sizeof(K) || m.max_value_bytes() != sizeof(V))
       throw Error(ErrorCode::invalid_argument,
                   "hash map '" + m.name() + "' holds " + std::to_string(m.max_key_bytes()) + "-byte keys and " +
-                      std::to_string(m.max_value_bytes()) + "-byte values, but HashMap<K, V> has sizeof(K) = " +
-                      std::to_string(sizeof(K)) + ", sizeof(V) = " + std::to_string(sizeof(V)) +
-                      "; open it with matching types or as a BytesMap");
+                      std::to_string(m.max_value_bytes()) +
+                      "-byte values, but HashMap<K, V> has sizeof(K) = " + std::to_string(sizeof(K)) +
+                      ", sizeof(V) = " + std::to_string(sizeof(V)) + "; open it with matching types or as a BytesMap");
     return m;
   }
 

@@ -92,9 +92,7 @@ enum class LockResult : std::uint8_t {
 };
 
 // True when the caller now owns the lock.
-constexpr bool owns(LockResult r) noexcept {
-  return r == LockResult::acquired || r == LockResult::owner_died;
-}
+constexpr bool owns(LockResult r) noexcept { return r == LockResult::acquired || r == LockResult::owner_died; }
 const char* to_string(LockResult r) noexcept;
 
 struct LockInfo {

@@ -75,7 +75,8 @@ class ObjectPool {
   };
 
   // Bytes a buffer needs to hold one T: use it as the pool's class size.
-  static constexpr std::size_t kBufferBytes = (sizeof(std::uint64_t) * 2 + alignof(T) - 1) / alignof(T) * alignof(T) + sizeof(T);
+  static constexpr std::size_t kBufferBytes =
+      (sizeof(std::uint64_t) * 2 + alignof(T) - 1) / alignof(T) * alignof(T) + sizeof(T);
 
   ObjectPool(BufferPool& pool, Hooks hooks = {}) : pool_(pool), hooks_(std::move(hooks)) {
     if (pool.class_size(pool.class_count() - 1) < kBufferBytes)

@@ -196,11 +196,11 @@ static_assert(sizeof(BufferHandle) == 16);
 
 enum class AllocStatus : std::uint8_t {
   ok,
-  exhausted,      // no free buffer in the class (or only the reserve is left)
-  too_large,      // bigger than the largest size class
-  over_budget,    // the pool's or this client's byte budget would be exceeded
-  timed_out,      // wait policy: no buffer was freed in time
-  no_client_slot, // more than kMaxClients processes use the pool
+  exhausted,       // no free buffer in the class (or only the reserve is left)
+  too_large,       // bigger than the largest size class
+  over_budget,     // the pool's or this client's byte budget would be exceeded
+  timed_out,       // wait policy: no buffer was freed in time
+  no_client_slot,  // more than kMaxClients processes use the pool
 };
 const char* to_string(AllocStatus s) noexcept;
 
@@ -227,13 +227,13 @@ struct PoolConfig {
   std::uint32_t reserve_per_class = 0;  // buffers only Priority::high may take
   ExhaustionPolicy policy = ExhaustionPolicy::fail;
   std::chrono::milliseconds wait_timeout{1000};  // for ExhaustionPolicy::wait
-  std::uint64_t budget_bytes = 0;         // pool-wide cap on bytes claimed (0 = capacity)
-  std::uint64_t client_budget_bytes = 0;  // per-process cap (0 = none)
-  std::uint32_t cache_per_class = 8;      // per-handle cache (0 = off)
+  std::uint64_t budget_bytes = 0;                // pool-wide cap on bytes claimed (0 = capacity)
+  std::uint64_t client_budget_bytes = 0;         // per-process cap (0 = none)
+  std::uint32_t cache_per_class = 8;             // per-handle cache (0 = off)
   LargeStrategy large_strategy = LargeStrategy::none;
-  std::size_t large_region_bytes = 0;     // size of the region for large buffers
-  std::size_t large_min_block = 4096;     // its granularity (a power of two >= 64)
-  std::uint32_t max_extensions = 0;       // ExhaustionPolicy::grow: up to this many extension segments
+  std::size_t large_region_bytes = 0;            // size of the region for large buffers
+  std::size_t large_min_block = 4096;            // its granularity (a power of two >= 64)
+  std::uint32_t max_extensions = 0;              // ExhaustionPolicy::grow: up to this many extension segments
   std::chrono::milliseconds shrink_delay{1000};  // an extension empty this long is released by shrink()
 };
 
@@ -241,10 +241,10 @@ struct ClassStats {
   std::size_t buffer_size = 0;
   std::uint32_t capacity = 0;
   std::uint32_t reserve = 0;
-  std::uint32_t in_use = 0;       // claimed by processes (includes per-handle caches)
-  std::uint32_t cached = 0;       // of those, idle in caches
+  std::uint32_t in_use = 0;  // claimed by processes (includes per-handle caches)
+  std::uint32_t cached = 0;  // of those, idle in caches
   std::uint32_t peak = 0;
-  std::uint64_t allocs = 0;       // published by handles every 64 operations and on close
+  std::uint64_t allocs = 0;  // published by handles every 64 operations and on close
   std::uint64_t frees = 0;
   std::uint64_t failures = 0;
 };
@@ -358,7 +358,8 @@ class BufferPool {
   // (changes the holder id to this pid). On failure the reference stays
   // with from_holder (take() drops it instead). No client slot (more than
   // kMaxClients processes) is reported as too_many_holders.
-  std::optional<Buffer> adopt(const BufferHandle& h, std::uint32_t from_holder, HandleStatus* status = nullptr) noexcept;
+  std::optional<Buffer> adopt(const BufferHandle& h, std::uint32_t from_holder,
+                              HandleStatus* status = nullptr) noexcept;
 
   // Receiving a handle: one call per handle. The two receivers need two
   // different things: a point-to-point receiver takes over the reference

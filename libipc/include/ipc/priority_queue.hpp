@@ -157,15 +157,15 @@ enum class QueueStatus : std::uint8_t {
 const char* to_string(QueueStatus s) noexcept;
 
 struct QueueStats {
-  std::uint32_t depth = 0;          // elements queued (lock-free snapshot)
+  std::uint32_t depth = 0;  // elements queued (lock-free snapshot)
   std::uint32_t capacity = 0;
   std::uint32_t element_size = 0;
-  std::uint64_t pushes = 0;         // successful pushes since creation
-  std::uint64_t pops = 0;           // successful pops since creation
-  std::uint64_t repairs = 0;        // owner-died repairs run
-  std::uint64_t wait_ns = 0;        // total time blocking calls spent waiting
-  std::uint32_t pop_waiters = 0;    // consumers blocked or listening (hint)
-  std::uint32_t push_waiters = 0;   // producers blocked (hint)
+  std::uint64_t pushes = 0;        // successful pushes since creation
+  std::uint64_t pops = 0;          // successful pops since creation
+  std::uint64_t repairs = 0;       // owner-died repairs run
+  std::uint64_t wait_ns = 0;       // total time blocking calls spent waiting
+  std::uint32_t pop_waiters = 0;   // consumers blocked or listening (hint)
+  std::uint32_t push_waiters = 0;  // producers blocked (hint)
 };
 
 class PriorityQueueListener;
@@ -287,10 +287,13 @@ class PriorityQueue {
   [[nodiscard]] QueueStatus pop(T& out, std::int32_t* priority = nullptr) noexcept {
     return core_.pop_until(&out, priority, detail::kNoDeadline);
   }
-  [[nodiscard]] QueueStatus pop_for(T& out, std::chrono::nanoseconds timeout, std::int32_t* priority = nullptr) noexcept {
+  [[nodiscard]] QueueStatus pop_for(T& out, std::chrono::nanoseconds timeout,
+                                    std::int32_t* priority = nullptr) noexcept {
     return core_.pop_until(&out, priority, detail::deadline_after(timeout));
   }
-  [[nodiscard]] QueueStatus peek(T& out, std::int32_t* priority = nullptr) noexcept { return core_.peek(&out, priority); }
+  [[nodiscard]] QueueStatus peek(T& out, std::int32_t* priority = nullptr) noexcept {
+    return core_.peek(&out, priority);
+  }
 
   std::uint32_t size() const noexcept { return core_.size(); }
   std::uint32_t capacity() const noexcept { return core_.capacity(); }

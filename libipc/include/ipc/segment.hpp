@@ -94,8 +94,8 @@
 
 namespace ipc {
 
-inline constexpr std::size_t kMaxNameLength = 100;        // segment and domain names
-inline constexpr std::size_t kMaxObjectNameLength = 79;   // object names in the directory
+inline constexpr std::size_t kMaxNameLength = 100;       // segment and domain names
+inline constexpr std::size_t kMaxObjectNameLength = 79;  // object names in the directory
 inline constexpr std::uint32_t kSegmentLayoutVersion = 1;
 
 // Type tags stored in the directory. Values are part of the segment format.
@@ -153,11 +153,11 @@ struct Object {
 };
 
 struct SegmentOptions {
-  std::size_t size = 16u << 20;           // total bytes, header and directory included
-  mode_t mode = 0600;                     // permission bits of the shm file
-  std::optional<gid_t> group;             // chown the file to this group
-  std::uint32_t directory_capacity = 256; // max objects in the segment
-  std::string domain;                     // empty: $IPC_DOMAIN, else "default"
+  std::size_t size = 16u << 20;            // total bytes, header and directory included
+  mode_t mode = 0600;                      // permission bits of the shm file
+  std::optional<gid_t> group;              // chown the file to this group
+  std::uint32_t directory_capacity = 256;  // max objects in the segment
+  std::string domain;                      // empty: $IPC_DOMAIN, else "default"
 };
 
 struct OpenOptions {
@@ -254,8 +254,8 @@ class Segment {
   T& open(std::string_view name, ObjectType type) const {
     Object obj = open_object(name, type);
     if (obj.info.size < sizeof(T))
-      throw Error(ErrorCode::corrupted, "object '" + std::string(name) + "' in segment '" + name_ +
-                                            "' is smaller than its type requires");
+      throw Error(ErrorCode::corrupted,
+                  "object '" + std::string(name) + "' in segment '" + name_ + "' is smaller than its type requires");
     return *static_cast<T*>(obj.data);
   }
 

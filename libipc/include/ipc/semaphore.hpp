@@ -74,7 +74,7 @@ class alignas(64) Semaphore {
 
  private:
   struct Holder {
-    std::uint32_t pid;   // 0 = free
+    std::uint32_t pid;  // 0 = free
     std::uint32_t held;
     std::uint64_t token;
   };
