@@ -195,6 +195,25 @@ TEST_CASE("object lifecycle: remove frees space for reuse and errors name the ob
   CHECK(fit.info.offset < seg.find_object("o3")->info.offset);
 }
 
+TEST_CASE("names with a NUL or invalid UTF-8 are shown escaped in the error, whole") {
+  TestDomain d;
+  const std::string with_nul("jo\0bs", 5);
+  const std::string bad_utf8 = "caf\xc3(x";  // a lead byte without its continuation
+  for (const std::string& name : {with_nul, bad_utf8}) {
+    try {
+      Segment::create(name, opts(d));
+      FAIL("created a segment with a bad name");
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      MESSAGE(what);
+      CHECK(e.code() == ErrorCode::invalid_argument);
+      CHECK(std::strlen(e.what()) == what.size());  // no NUL inside what()
+      CHECK(what.find(name == with_nul ? "jo\\x00bs" : "caf\\xc3(x") != std::string::npos);
+    }
+  }
+  CHECK(printable("plain ascii, caf\xc3\xa9 and tab\t") == "plain ascii, caf\xc3\xa9 and tab\\x09");
+}
+
 TEST_CASE("bad names and options are refused with clear errors") {
   TestDomain d;
   auto code_of = [](auto&& fn) {

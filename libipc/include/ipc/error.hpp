@@ -46,4 +46,9 @@ class Error : public std::runtime_error {
 // errno values with a code of their own (EACCES, ENOENT, EEXIST, ENOSPC).
 [[noreturn]] void throw_errno(int err, const std::string& what);
 
+// `text` with control bytes, DEL and bytes that are not well-formed UTF-8
+// written as \xNN (what every Error message goes through, so a name with an
+// embedded NUL or invalid UTF-8 is shown, not cut short or passed on).
+std::string printable(std::string_view text);
+
 }  // namespace ipc
