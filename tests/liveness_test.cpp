@@ -17,6 +17,7 @@
 
 #include "ipc/detail/process.hpp"
 #include "ipc/mutex.hpp"
+#include "ipc/pool.hpp"
 #include "ipc/segment.hpp"
 #include "ipc/semaphore.hpp"
 #include "support.hpp"
@@ -270,4 +271,37 @@ TEST_CASE("pid reused at once: a dead permit holder's permit comes back although
   const ChildExit e = children.wait(runner);
   INFO("runner exit code " << e.code << " (62: pid not reused, 63: reused pid judged alive, 64: permit not back)");
   CHECK(child_ok(e));
+}
+
+TEST_CASE("reclaim(pid) of a live process is refused and takes nothing; once it is dead it takes everything") {
+  TestDomain d;
+  Segment seg = Segment::create("rc", opts(d, 4u << 20));
+  PoolConfig pc;
+  pc.class_sizes = {256};
+  pc.buffers_per_class = 8;
+  pc.cache_per_class = 0;
+  BufferPool pool = BufferPool::create(seg, "pool", pc);
+  auto& b = make_board<Board>(seg);
+  const std::string domain = d.name();
+  Children children;
+  const pid_t holder = children.spawn([&] {
+    Segment mine = Segment::open("rc", {.domain = domain});
+    BufferPool p = BufferPool::open(mine, "pool");
+    std::vector<Buffer> held;
+    for (int i = 0; i < 3; ++i) {
+      Allocation a = p.allocate(100);
+      if (!a.buffer) return 70;
+      held.push_back(std::move(a.buffer));
+    }
+    b.locked.store(1);
+    for (;;) ::pause();
+  });
+  REQUIRE(eventually([&] { return b.locked.load() != 0; }));
+  const auto pid = static_cast<std::uint32_t>(holder);
+  CHECK(pool.reclaim(pid) == 0);  // alive: refused, logged
+  CHECK(pool.stats().classes[0].in_use == 3);
+  CHECK(pool.reclaim(detail::self_pid()) == 0);  // this process: refused
+  children.kill(holder);
+  CHECK(pool.reclaim(pid) == 3);
+  CHECK(pool.stats().classes[0].in_use == 0);
 }

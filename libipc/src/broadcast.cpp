@@ -568,7 +568,7 @@ ReceiveStatus Subscription::receive(Message& out, std::chrono::nanoseconds timeo
 std::uint32_t Broadcast::reclaim(std::uint32_t pid) noexcept {
   State& s = *s_;
   std::uint32_t n = 0;
-  if (pid == 0) return 0;
+  if (!detail::reclaim_allowed(pid, "broadcast", s.name)) return 0;
   for (std::uint32_t i = 0; i < s.max_subscribers; ++i) {
     std::uint64_t owner = s.subs[i].owner.load(std::memory_order_acquire);
     if (owner != 0 && (owner >> 32) == pid &&

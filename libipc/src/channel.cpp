@@ -484,7 +484,7 @@ bool Channel::State::recover(ring::SlotHeader* s, std::uint64_t observed) noexce
 std::uint32_t Channel::reclaim(std::uint32_t pid) noexcept {
   State& s = *s_;
   std::uint32_t n = 0;
-  if (pid == 0) return 0;
+  if (!detail::reclaim_allowed(pid, "channel", s.name)) return 0;
   for (std::uint32_t i = 0; i < s.capacity; ++i) {
     ring::SlotHeader* sl = s.slot(i);
     const std::uint64_t w = sl->word.load(std::memory_order_acquire);

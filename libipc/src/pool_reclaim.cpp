@@ -291,6 +291,7 @@ void BufferPool::recount() noexcept {
 }
 
 std::uint32_t BufferPool::reclaim(std::uint32_t pid) noexcept {
+  if (!detail::reclaim_allowed(pid, "pool", s_->name)) return 0;
   std::uint32_t n = s_->reclaim_everywhere(pid);
   recount();
   return n;

@@ -14,6 +14,8 @@
 #include <cstring>
 #include <ctime>
 
+#include "log.hpp"
+
 namespace ipc::detail {
 namespace {
 
@@ -292,6 +294,21 @@ Liveness thread_liveness(pid_t pid, pid_t tid, std::uint64_t token) noexcept {
   // tgkill checks that tid is a thread of pid: an exited thread gives ESRCH.
   if (::syscall(SYS_tgkill, pid, tid, 0) != 0 && errno == ESRCH) return Liveness::dead;
   return Liveness::alive;
+}
+
+bool reclaim_allowed(std::uint32_t pid, const char* kind, std::string_view name) noexcept {
+  if (pid == 0) return false;
+  const bool self = pid == self_pid();
+  const Liveness l = self ? Liveness::alive : process_liveness(static_cast<pid_t>(pid), 0);
+  if (l == Liveness::dead) return true;
+  log::error(
+      "{} '{}': reclaim(pid {}) refused: {}; reclaim takes every buffer, slot and cursor a process holds, "
+      "which is only right once it has died (reclaim_dead() finds the dead ones)",
+      kind, name, pid,
+      self                   ? "that is this process"
+      : l == Liveness::alive ? "the process is alive"
+                             : "the process cannot be shown dead");
+  return false;
 }
 
 std::uint64_t pid_namespace_id() noexcept {

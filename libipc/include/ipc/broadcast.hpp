@@ -169,7 +169,8 @@ class Broadcast {
   Subscription subscribe(StartAt start = StartAt::next);
 
   // Frees the cursor slots of `pid` (dead) and recovers ring slots it left
-  // `writing`. Its retained buffers return with pool.reclaim(pid).
+  // `writing`. Its retained buffers return with pool.reclaim(pid). Refused
+  // (0, logged) unless `pid` is provably dead.
   std::uint32_t reclaim(std::uint32_t pid) noexcept;
   std::uint32_t reclaim_dead() noexcept;
 

@@ -171,7 +171,8 @@ class Channel {
   std::size_t receive_batch(std::span<Message> out, std::chrono::nanoseconds timeout = kForever) noexcept;
 
   // ---- crash recovery, maintenance
-  // Recovers every slot `pid` (dead) left writing or reading. Returns how many.
+  // Recovers every slot `pid` (dead) left writing or reading. Returns how
+  // many. Refused (0, logged) unless `pid` is provably dead.
   std::uint32_t reclaim(std::uint32_t pid) noexcept;
   // reclaim() for every slot whose claimer is provably dead.
   std::uint32_t reclaim_dead() noexcept;

@@ -428,7 +428,8 @@ class BufferPool {
 
   // Returns every buffer `pid` owned or held (it is dead: the broker calls
   // this on client death). Returns how many buffers were freed. Recomputes
-  // the counters. Do not call it for a live process.
+  // the counters. Refused (0, logged) unless `pid` is provably dead: taking
+  // a live process's buffers would free memory it still writes.
   std::uint32_t reclaim(std::uint32_t pid) noexcept;
   // reclaim() for every owner/holder that is provably dead (identity token; detail/process.hpp).
   std::uint32_t reclaim_dead() noexcept;

@@ -65,6 +65,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <string_view>
 
 #include "ipc/detail/clock.hpp"  // monotonic_ns, realtime_ns: every user of liveness also reads the clock
 
@@ -126,6 +127,12 @@ Liveness process_liveness(pid_t pid, std::uint64_t token) noexcept;
 // As process_liveness, and additionally dead when thread `tid` of `pid` has
 // exited (tgkill(pid, tid, 0) == ESRCH) while the process lives on.
 Liveness thread_liveness(pid_t pid, pid_t tid, std::uint64_t token) noexcept;
+
+// For reclaim(pid) entry points, which take everything a process holds: true
+// only when `pid` is not us and is provably dead (a bare pid, judged as
+// above). Otherwise it logs, naming the object (`kind` 'name') and the pid,
+// and returns false.
+bool reclaim_allowed(std::uint32_t pid, const char* kind, std::string_view name) noexcept;
 
 // Inode of /proc/self/ns/pid (0 if unreadable).
 std::uint64_t pid_namespace_id() noexcept;
