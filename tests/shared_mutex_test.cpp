@@ -149,7 +149,7 @@ TEST_CASE("2 writer and 2 reader processes: writers exclude everyone, non-atomic
   SharedMutex& m = make_rw(seg);
   struct Board {
     std::uint64_t a, b;  // guarded; a == b outside a writer's critical section
-    std::atomic<int> writers_in, readers_in, ready, go, writers_done, errors;
+    std::atomic<int> writers_in, readers_in, ready, go, writers_done, errors, readers_started;
     std::atomic<std::uint64_t> reads;
   };
   Board& b = make_board<Board>(seg);
@@ -160,6 +160,9 @@ TEST_CASE("2 writer and 2 reader processes: writers exclude everyone, non-atomic
     pids.push_back(kids.spawn([&] {
       b.ready.fetch_add(1);
       if (!eventually([&] { return b.go.load() != 0; })) return 1;
+      // Overlap with the readers: 2 x 2000 writes take a few ms, less than a
+      // loaded machine may need to schedule a reader's first lock_shared.
+      if (!eventually([&] { return b.readers_started.load() == kReaders; })) return 2;
       for (int i = 0; i < kWrites; ++i) {
         LockResult r = m.lock();
         if (r != LockResult::acquired) return 10 + static_cast<int>(r);
@@ -182,6 +185,7 @@ TEST_CASE("2 writer and 2 reader processes: writers exclude everyone, non-atomic
       b.ready.fetch_add(1);
       if (!eventually([&] { return b.go.load() != 0; })) return 1;
       auto deadline = Clock::now() + 60s;
+      bool started = false;
       while (b.writers_done.load() < kWriters) {
         if (Clock::now() > deadline) return 3;
         LockResult res = m.lock_shared();
@@ -195,6 +199,8 @@ TEST_CASE("2 writer and 2 reader processes: writers exclude everyone, non-atomic
         b.readers_in.fetch_sub(1);
         m.unlock_shared();
         b.reads.fetch_add(1);
+        if (!started) b.readers_started.fetch_add(1);
+        started = true;
         spin(200);
       }
       return 0;
