@@ -45,8 +45,9 @@
 // Read (subscriber S at cursor c):
 //   S1 w = word (acquire); must be (c, full)
 //   S2 copy the inline bytes and handles out
-//   S3 retain each handle for S (pool holder slot; the buffer's generation
-//      guarantees the reference is on the message's own incarnation)
+//   S3 pool.share() each handle: a reference of S's own (a pool holder
+//      slot; the buffer's generation guarantees the reference is on the
+//      message's own incarnation)
 //   S4 re-read the word: still w → the copy is the message; else it was
 //      overwritten meanwhile → release what S3 took, count an overrun
 //   S5 cursor = c + 1 (blocking policy: seq_cst, then notify space if a

@@ -36,7 +36,7 @@
 // Receive (consumer C, position pos = head):
 //   C1 claim: word (pos, full) → (pos, reading, C)     CAS (SPSC: store)
 //   C2 head pos → pos+1
-//   C3 copy the inline bytes; pool.adopt(slot holder → C) each handle
+//   C3 copy the inline bytes; pool.take(slot holder → C) each handle
 //   C4 handles = 0; word → (pos + capacity, empty)     seq_cst
 //   C5 if space_waiters: notify space
 // Full: the slot at tail still serves pos - capacity. Empty: the slot at head
