@@ -161,6 +161,47 @@ static_assert(sizeof(PoolHeader) == 3008 && alignof(PoolHeader) == 64);
 static_assert(sizeof(PoolHeader::Extension) == 32);
 static_assert(sizeof(PoolClass) == 192 && alignof(PoolClass) == 64);
 static_assert(sizeof(PoolRegion) == 256 && alignof(PoolRegion) == 64);
+// Every field offset, pinned as well (the layout lines above name them).
+static_assert(offsetof(PoolHeader, magic) == 0 && offsetof(PoolHeader, layout_version) == 8 &&
+              offsetof(PoolHeader, pool_id) == 12);
+static_assert(offsetof(PoolHeader, class_count) == 16 && offsetof(PoolHeader, buffers_per_class) == 20 &&
+              offsetof(PoolHeader, cache_per_class) == 24);
+static_assert(offsetof(PoolHeader, policy) == 28 && offsetof(PoolHeader, wait_timeout_ns) == 32 &&
+              offsetof(PoolHeader, budget_bytes) == 40);
+static_assert(offsetof(PoolHeader, client_budget_bytes) == 48 && offsetof(PoolHeader, capacity_bytes) == 56 &&
+              offsetof(PoolHeader, total_bytes) == 64);
+static_assert(offsetof(PoolHeader, class_offset) == 72 && offsetof(PoolHeader, client_offset) == 80 &&
+              offsetof(PoolHeader, max_extensions) == 88);
+static_assert(offsetof(PoolHeader, extension_index) == 92 && offsetof(PoolHeader, region_offset) == 96 &&
+              offsetof(PoolHeader, shrink_delay_ns) == 104);
+static_assert(offsetof(PoolHeader, claimed_bytes) == 128 && offsetof(PoolHeader, pressure) == 136 &&
+              offsetof(PoolHeader, alloc_waiters) == 192);
+static_assert(offsetof(PoolHeader, freed) == 256 && offsetof(PoolHeader, ext_lock) == 2368 &&
+              offsetof(PoolHeader, ext) == 2496);
+static_assert(offsetof(PoolClass, buffer_size) == 0 && offsetof(PoolClass, stride) == 8 &&
+              offsetof(PoolClass, count) == 16);
+static_assert(offsetof(PoolClass, reserve) == 20 && offsetof(PoolClass, desc_offset) == 24 &&
+              offsetof(PoolClass, bitmap_offset) == 32);
+static_assert(offsetof(PoolClass, data_offset) == 40 && offsetof(PoolClass, claimed) == 64 &&
+              offsetof(PoolClass, peak) == 68);
+static_assert(offsetof(PoolClass, allocs) == 128 && offsetof(PoolClass, frees) == 136 &&
+              offsetof(PoolClass, failures) == 144);
+static_assert(offsetof(PoolClass, cached) == 152);
+static_assert(offsetof(PoolRegion, strategy) == 0 && offsetof(PoolRegion, blocks) == 4 &&
+              offsetof(PoolRegion, min_block) == 8);
+static_assert(offsetof(PoolRegion, desc_offset) == 16 && offsetof(PoolRegion, used_offset) == 24 &&
+              offsetof(PoolRegion, data_offset) == 32);
+static_assert(offsetof(PoolRegion, lock) == 64 && offsetof(PoolRegion, used_blocks) == 192 &&
+              offsetof(PoolRegion, peak_blocks) == 196);
+static_assert(offsetof(PoolRegion, allocs) == 200 && offsetof(PoolRegion, frees) == 208 &&
+              offsetof(PoolRegion, failures) == 216);
+static_assert(offsetof(PoolClient, pid) == 0 && offsetof(PoolClient, token) == 8 && offsetof(PoolClient, bytes) == 16);
+static_assert(offsetof(PoolClient, admitted) == 24 && offsetof(PoolClient, op_kind) == 152 &&
+              offsetof(PoolClient, op_class) == 156);
+static_assert(offsetof(PoolClient, op_index) == 160 && offsetof(PoolClient, op_state) == 168);
+static_assert(offsetof(PoolDescriptor, state) == 0 && offsetof(PoolDescriptor, holders) == 8 &&
+              offsetof(PoolDescriptor, meta) == 48);
+static_assert(offsetof(PoolDescriptor, run) == 52 && offsetof(PoolDescriptor, refword) == 56);
 
 namespace pool_detail {
 
