@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <string>
 
 #include "log.hpp"
 
@@ -31,9 +32,10 @@ constexpr std::uint64_t kNamespaceSpan = std::uint64_t{1} << 61;
 struct Registration {
   pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
   int fd = -1;
-  bool tried = false;            // open attempted in this process (success or not)
-  std::uint64_t inode_bits = 0;  // low kTokenInodeBits of the file's inode
-  off_t namespace_byte = 0;      // our shared lock in the namespace region
+  bool tried = false;              // open attempted in this process (success or not)
+  bool namespace_unknown = false;  // /proc/self/ns/pid unreadable: every namespace counts as foreign
+  std::uint64_t inode_bits = 0;    // low kTokenInodeBits of the file's inode
+  off_t namespace_byte = 0;        // our shared lock in the namespace region
 };
 Registration g_registration;
 
@@ -76,20 +78,41 @@ int ofd_locked_by_other(int fd, off_t start, off_t len) {
 // Opens the liveness file once per process (and again in a fork child).
 // Returns the fd, or -1 if this process runs without one (then liveness falls
 // back to pids and start times, and foreign PID namespaces stay refused).
+// The file, opened or created whole: made unnamed with its final mode, then
+// linked into place, so no other user ever sees it with the umask's mode.
+int open_liveness_file() noexcept {
+  int fd = ::open(kLivenessPath, O_RDWR | O_CLOEXEC);
+  if (fd >= 0 || errno != ENOENT) return fd;
+  const char* slash = std::strrchr(kLivenessPath, '/');
+  const std::string dir(kLivenessPath, static_cast<std::size_t>(slash - kLivenessPath));
+  int tmp = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0666);
+  if (tmp < 0) return -1;
+  ::fchmod(tmp, 0666);  // every user of the machine registers here
+  char proc[64];
+  std::snprintf(proc, sizeof proc, "/proc/self/fd/%d", tmp);
+  // Linked, or another process linked its file first (EEXIST): either way
+  // the file is in place now.
+  (void)::linkat(AT_FDCWD, proc, AT_FDCWD, kLivenessPath, AT_SYMLINK_FOLLOW);
+  ::close(tmp);
+  return ::open(kLivenessPath, O_RDWR | O_CLOEXEC);
+}
+
 int liveness_fd() noexcept {
   pthread_mutex_lock(&g_registration.lock);
   if (!g_registration.tried) {
-    g_registration.tried = true;
-    int fd = ::open(kLivenessPath, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd >= 0) {
-      ::fchmod(fd, 0666);  // every user of the machine registers here; the umask must not narrow it
-    } else if (errno == EEXIST) {
-      fd = ::open(kLivenessPath, O_RDWR | O_CLOEXEC);
-    }
+    int fd = open_liveness_file();
+    // Out of descriptors is transient: try again on the next call instead of
+    // running without the file for the rest of the process.
+    g_registration.tried = !(fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOMEM));
     struct stat st {};
     if (fd >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
       const std::uint64_t ns = pid_namespace_id();
-      const off_t ns_byte = kNamespaceRegion + static_cast<off_t>(ns % kNamespaceSpan);
+      // An unreadable namespace id (no /proc) cannot be told apart from
+      // another: such a process takes the last byte of the region, which no
+      // inode maps to, and treats every namespace as foreign.
+      g_registration.namespace_unknown = ns == 0;
+      const off_t ns_byte = ns == 0 ? kNamespaceRegion + static_cast<off_t>(kNamespaceSpan)
+                                    : kNamespaceRegion + static_cast<off_t>(ns % kNamespaceSpan);
       // L2: our namespace and our pid, as shared locks (processes of other
       // namespaces may have the same pid, or the same namespace).
       if (ofd_lock(fd, F_RDLCK, ns_byte, 1) && ofd_lock(fd, F_RDLCK, kPidRegion + ::getpid(), 1)) {
@@ -223,6 +246,7 @@ bool liveness_file_available() noexcept { return liveness_fd() >= 0; }
 bool foreign_namespace_alive() noexcept {
   const int fd = liveness_fd();
   if (fd < 0) return false;  // no liveness file: segments of other namespaces are refused at open instead
+  if (g_registration.namespace_unknown) return true;
   const off_t mine = g_registration.namespace_byte;
   // Processes of our namespace hold read locks on `mine` only: any lock
   // elsewhere in the region is a live process of another PID namespace.
@@ -274,6 +298,10 @@ Liveness process_liveness(pid_t pid, std::uint64_t token) noexcept {
   // has that pid, and the recorder is gone. A lock may be the recorder's or
   // a namesake's in another namespace: do not conclude.
   if (foreign_namespace_alive()) {
+    // A start-time token comes from a process without the liveness file,
+    // which holds no pid lock: only the kernel's view could judge it, and
+    // that is another namespace's.
+    if (token != 0) return Liveness::unknown;
     if (static_cast<std::uint32_t>(pid) == self_pid()) return Liveness::alive;  // our own lock never conflicts
     const int fd = liveness_fd();
     return fd >= 0 && ofd_locked_by_other(fd, kPidRegion + pid, 1) == 0 ? Liveness::dead : Liveness::unknown;

@@ -404,15 +404,18 @@ Segment Segment::open(std::string_view name, const OpenOptions& options) {
                                           ": header fields are inconsistent; the segment is "
                                           "corrupted — remove it and re-create it");
   std::uint64_t ns = detail::pid_namespace_id();
-  // Owner records are judged by liveness tokens, which hold across PID
-  // namespaces (detail/process.hpp). Only without the liveness file are they
-  // start times and pids, which mean nothing in another namespace.
-  if (h.pid_namespace != 0 && ns != 0 && h.pid_namespace != ns && !detail::liveness_file_available())
+  // Liveness verdicts hold across PID namespaces (detail/process.hpp), but
+  // pool client slots, shared-mutex reader slots and the mutex owner's tid
+  // are still keyed by pid/tid, and two namespaces reuse the same numbers
+  // (every container's first process is pid 1): a process of another
+  // namespace could be taken for one of ours. Refused until those records
+  // carry identities (docs/architecture.md "Liveness").
+  if (h.pid_namespace != 0 && ns != 0 && h.pid_namespace != ns)
     throw Error(ErrorCode::namespace_mismatch,
-                "cannot open " + what + ": it was created in another PID namespace and this process cannot use " +
-                    std::string(detail::kLivenessPath) +
-                    ", which libipc needs to tell live processes of other namespaces from dead ones; make that "
-                    "file readable and writable for this user (or share the PID namespace: --pid=host in Docker)");
+                "cannot open " + what +
+                    ": it was created in another PID namespace; every process of a libipc domain must share "
+                    "one for now (Docker: --pid=host or --pid=container:<id>; Kubernetes: "
+                    "shareProcessNamespace: true)");
 
   int prot = options.read_only ? PROT_READ : PROT_READ | PROT_WRITE;
   void* p = ::mmap(nullptr, h.total_size, prot, MAP_SHARED, fd, 0);

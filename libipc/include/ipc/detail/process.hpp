@@ -46,8 +46,7 @@
 //
 // Fallback: where the liveness file cannot be opened, tokens are process
 // start times in clock ticks (/proc/<pid>/stat field 22; 10 ms, so a pid
-// reused within one tick looks alive) and segments refuse processes of
-// other PID namespaces at open. Every process of a domain should be able to
+// reused within one tick looks alive). Every process of a domain should be able to
 // open the liveness file: one that cannot holds no pid lock, so in a domain
 // spanning namespaces its bare pids could be judged gone. When /proc cannot tell (hidepid, EACCES) and
 // the kernel says the pid exists, the answer is "unknown", which every caller
