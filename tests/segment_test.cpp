@@ -13,6 +13,9 @@
 #include <string>
 #include <thread>
 
+#include "ipc/condvar.hpp"
+#include "ipc/event.hpp"
+#include "ipc/mutex.hpp"
 #include "ipc/segment.hpp"
 #include "support.hpp"
 
@@ -212,6 +215,34 @@ TEST_CASE("names with a NUL or invalid UTF-8 are shown escaped in the error, who
     }
   }
   CHECK(printable("plain ascii, caf\xc3\xa9 and tab\t") == "plain ascii, caf\xc3\xa9 and tab\\x09");
+}
+
+TEST_CASE("a library type with another type's tag is refused by the typed helpers, naming both") {
+  TestDomain d;
+  Segment seg = Segment::create("tags", opts(d));
+  for (int k = 0; k < 2; ++k) {
+    try {
+      if (k == 0)
+        seg.find_or_create<CondVar>("cv", ObjectType::mutex);
+      else
+        (void)seg.open<Mutex>("cv", ObjectType::condvar);
+      FAIL("a CondVar tagged mutex (or a Mutex tagged condvar) was accepted");
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      MESSAGE(what);
+      CHECK(e.code() == ErrorCode::type_mismatch);
+      CHECK(what.find("condvar") != std::string::npos);
+      CHECK(what.find("mutex") != std::string::npos);
+    }
+  }
+  CHECK_FALSE(seg.find_object("cv").has_value());  // refused before anything was made
+  // The right tag works, and a user struct chooses its own tag.
+  CHECK_NOTHROW(seg.find_or_create<CondVar>("cv", ObjectType::condvar));
+  struct WithEvent {
+    Event e;
+    int extra;
+  };
+  CHECK_NOTHROW(seg.find_or_create<WithEvent>("ev", ObjectType::event));
 }
 
 TEST_CASE("bad names and options are refused with clear errors") {

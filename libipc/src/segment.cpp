@@ -530,6 +530,13 @@ std::optional<Object> Segment::find_object(std::string_view name) const {
   return std::nullopt;
 }
 
+void Segment::check_tag(ObjectType own, ObjectType tag, std::string_view name) const {
+  if (own == ObjectType::raw || own == tag) return;
+  throw Error(ErrorCode::type_mismatch, "object '" + std::string(name) + "' in " + describe() + ": the C++ type is a " +
+                                            to_string(own) + " but the tag given is " + to_string(tag) +
+                                            "; pass ObjectType::" + to_string(own));
+}
+
 Object Segment::open_object(std::string_view name, ObjectType type) const {
   std::optional<Object> obj = find_object(name);
   if (!obj)

@@ -88,6 +88,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "ipc/error.hpp"
@@ -134,6 +135,31 @@ constexpr ObjectType user_object_type(std::uint32_t n) noexcept { return ObjectT
 // The name of a library type; "broker object", "user object" or "unknown
 // library object" for tags outside the enumerators.
 const char* to_string(ObjectType type) noexcept;
+
+// The directory tag of a library type that lives directly in a directory
+// entry (the typed helpers below check it); ObjectType::raw for every other
+// C++ type, whose tag the caller chooses (a user struct that embeds an Event
+// may be tagged event).
+class Mutex;
+class SharedMutex;
+class CondVar;
+class Barrier;
+class Semaphore;
+class Event;
+template <typename T>
+inline constexpr ObjectType kObjectTypeOf = ObjectType::raw;
+template <>
+inline constexpr ObjectType kObjectTypeOf<Mutex> = ObjectType::mutex;
+template <>
+inline constexpr ObjectType kObjectTypeOf<SharedMutex> = ObjectType::shared_mutex;
+template <>
+inline constexpr ObjectType kObjectTypeOf<CondVar> = ObjectType::condvar;
+template <>
+inline constexpr ObjectType kObjectTypeOf<Barrier> = ObjectType::barrier;
+template <>
+inline constexpr ObjectType kObjectTypeOf<Semaphore> = ObjectType::semaphore;
+template <>
+inline constexpr ObjectType kObjectTypeOf<Event> = ObjectType::event;
 
 struct ObjectInfo {
   std::string name;
@@ -243,15 +269,19 @@ class Segment {
   // All READY objects, sorted by name. Lock-free.
   std::vector<ObjectInfo> objects() const;
 
-  // Typed helpers: T is placement-constructed with `args` by the creator.
+  // Typed helpers: T is placement-constructed with `args` by the creator. A
+  // library type with another tag than its own (find_or_create<CondVar>
+  // tagged mutex) throws type_mismatch naming both, before anything is made.
   template <typename T, typename... Args>
   T& find_or_create(std::string_view name, ObjectType type, Args&&... args) {
+    check_tag(kObjectTypeOf<std::remove_cv_t<T>>, type, name);
     Object obj = find_or_create_object(name, type, sizeof(T),
                                        [&](void* p, std::size_t) { new (p) T(std::forward<Args>(args)...); });
     return *static_cast<T*>(obj.data);
   }
   template <typename T>
   T& open(std::string_view name, ObjectType type) const {
+    check_tag(kObjectTypeOf<std::remove_cv_t<T>>, type, name);
     Object obj = open_object(name, type);
     if (obj.info.size < sizeof(T))
       throw Error(ErrorCode::corrupted,
@@ -261,6 +291,8 @@ class Segment {
 
  private:
   friend std::string detail::object_label(const void* address, std::string_view kind);
+  // Throws type_mismatch when `own` (a library type's tag) is not raw and differs from `tag`.
+  void check_tag(ObjectType own, ObjectType tag, std::string_view name) const;
   Segment() = default;
   struct Header;
   struct DirectoryLock;
