@@ -46,11 +46,12 @@ void after_fork_in_child() {
   // The inherited descriptor shares the parent's open file description and
   // with it the parent's locks: close ours (the parent keeps its own, so its
   // locks stay), and register afresh on first use. close() is
-  // async-signal-safe; the lock was taken in the prepare handler.
+  // async-signal-safe. The lock was taken by this (the forking) thread in
+  // the prepare handler, so no other thread is inside: release it.
   if (g_registration.fd >= 0) ::close(g_registration.fd);
   g_registration.fd = -1;
   g_registration.tried = false;
-  pthread_mutex_init(&g_registration.lock, nullptr);
+  pthread_mutex_unlock(&g_registration.lock);
 }
 void before_fork() { pthread_mutex_lock(&g_registration.lock); }
 void after_fork_in_parent() { pthread_mutex_unlock(&g_registration.lock); }
