@@ -31,6 +31,8 @@
 #include <utility>
 #include <vector>
 
+#include "ipc/broadcast.hpp"
+#include "ipc/channel.hpp"
 #include "ipc/pool.hpp"
 #include "ipc/segment.hpp"
 #include "support.hpp"
@@ -1904,4 +1906,41 @@ TEST_CASE("allocate_for(kForever) on an exhausted pool blocks until another proc
   CHECK(static_cast<bool>(a.buffer));
   CHECK_RETURNED_AFTER(b.freed_ns.load(), returned_ns, "allocate_for(kForever)");
   check_exit(kids.wait(holder), "holder");
+}
+
+TEST_CASE(
+    "holder tags: next_holder_tag() is distinct across processes for 16384 calls, and channels take theirs there") {
+  ipc::test::TestDomain d;
+  Segment seg = Segment::create("tags", ipc::test::opts(d, 4u << 20));
+  BufferPool pool = BufferPool::create(seg, "pool", PoolConfig{});
+  struct Board {
+    std::atomic<std::uint32_t> tags[4096];
+    std::atomic<int> go;
+  };
+  auto& b = ipc::test::make_board<Board>(seg);
+  const std::string domain = d.name();
+  Children kids;
+  // Two processes take 2048 tags each at the same time: all 4096 distinct.
+  pid_t child = kids.spawn([&] {
+    Segment mine = Segment::open("tags", {.domain = domain});
+    BufferPool p = BufferPool::open(mine, "pool");
+    while (b.go.load() == 0) std::this_thread::yield();
+    for (int i = 0; i < 2048; ++i) b.tags[2048 + i].store(p.next_holder_tag());
+    return 0;
+  });
+  b.go.store(1);
+  for (int i = 0; i < 2048; ++i) b.tags[i].store(pool.next_holder_tag());
+  ipc::test::check_exit(kids.wait(child));
+  std::set<std::uint32_t> seen;
+  for (auto& t : b.tags) {
+    CHECK(t.load() < (1u << 14));
+    seen.insert(t.load());
+  }
+  CHECK(seen.size() == 4096);
+  // Rings created with the pool use the counter: the next tag has moved on by one per ring.
+  const std::uint32_t before = pool.next_holder_tag();
+  ChannelConfig cc;
+  (void)Channel::create(seg, "c1", cc, &pool);
+  (void)Broadcast::create(seg, "b1", BroadcastConfig{}, &pool);
+  CHECK(pool.next_holder_tag() == ((before + 3) & 0x3fff));
 }

@@ -173,7 +173,7 @@ std::unique_ptr<Channel::State> attach(Segment& segment, std::string_view name, 
 
 Channel Channel::create(Segment& segment, std::string_view name, const ChannelConfig& config, BufferPool* pool) {
   validate(config, name);
-  const std::uint32_t tag = ring::random_tag();
+  const std::uint32_t tag = ring::holder_tag(pool);
   const std::size_t bytes = bytes_needed(config);
   Object obj = segment.create_object(name, ObjectType::channel, bytes, [&](void* data, std::size_t) {
     auto* h = new (data) ChannelHeader{};

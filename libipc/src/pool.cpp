@@ -250,6 +250,9 @@ void BufferPool::State::ensure_process() noexcept {
 }
 
 std::uint32_t BufferPool::pool_id() const noexcept { return s_->header->pool_id; }
+std::uint32_t BufferPool::next_holder_tag() noexcept {
+  return s_->root->header->next_holder_tag.fetch_add(1, std::memory_order_relaxed) & 0x3fff;
+}
 std::size_t BufferPool::class_count() const noexcept { return s_->header->class_count; }
 std::size_t BufferPool::class_size(std::size_t c) const noexcept {
   return c < s_->header->class_count ? s_->classes[c].buffer_size : 0;

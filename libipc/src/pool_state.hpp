@@ -79,6 +79,9 @@ struct PoolHeader {
   std::uint64_t shrink_delay_ns;
   alignas(pool_detail::kLine) std::atomic<std::uint64_t> claimed_bytes;  // base pool: bytes admitted in all parts
   std::atomic<std::uint32_t> pressure;
+  // Holder tags handed to rings (BufferPool::next_holder_tag). Was padding:
+  // a pool made before it starts at 0, which is as good as any start.
+  std::atomic<std::uint32_t> next_holder_tag;
   alignas(pool_detail::kLine) std::atomic<std::uint32_t> alloc_waiters;  // allocators about to sleep on `freed`
   alignas(pool_detail::kLine) Event freed;
   // Growth (base pool only; see pool.hpp "Growth").
@@ -175,7 +178,7 @@ static_assert(offsetof(PoolHeader, class_offset) == 72 && offsetof(PoolHeader, c
 static_assert(offsetof(PoolHeader, extension_index) == 92 && offsetof(PoolHeader, region_offset) == 96 &&
               offsetof(PoolHeader, shrink_delay_ns) == 104);
 static_assert(offsetof(PoolHeader, claimed_bytes) == 128 && offsetof(PoolHeader, pressure) == 136 &&
-              offsetof(PoolHeader, alloc_waiters) == 192);
+              offsetof(PoolHeader, next_holder_tag) == 140 && offsetof(PoolHeader, alloc_waiters) == 192);
 static_assert(offsetof(PoolHeader, freed) == 256 && offsetof(PoolHeader, ext_lock) == 2368 &&
               offsetof(PoolHeader, ext) == 2496);
 static_assert(offsetof(PoolClass, buffer_size) == 0 && offsetof(PoolClass, stride) == 8 &&

@@ -81,7 +81,8 @@ void check_pool(const std::string& what, std::uint32_t ring_pool_id, const Buffe
                     "' (id " + std::to_string(pool->pool_id()) + "): open it with the pool it was created with");
 }
 
-std::uint32_t random_tag() noexcept {
+std::uint32_t holder_tag(BufferPool* pool) noexcept {
+  if (pool) return pool->next_holder_tag();
   std::uint32_t tag = 0;
   if (::getrandom(&tag, sizeof tag, 0) != sizeof tag) tag = static_cast<std::uint32_t>(detail::monotonic_ns());
   return tag & 0x3fff;

@@ -450,6 +450,13 @@ class BufferPool {
   void flush() noexcept;
 
   std::uint32_t pool_id() const noexcept;
+  // A 14-bit tag for the holder ids of one ring (ring::slot_holder in
+  // ipc/detail/ring.hpp), distinct for the next 16384 calls on this pool
+  // from any process (a counter in the pool header). Channels and broadcasts
+  // created with this pool take theirs here: two rings with one tag would
+  // share holder ids, and recovering one ring's slot could release the
+  // other ring's reference to the same buffer.
+  std::uint32_t next_holder_tag() noexcept;
   // Extension segments currently active (growth).
   std::uint32_t extensions() const noexcept;
   // Releases extensions that have been empty for shrink_delay; returns how many.

@@ -116,8 +116,10 @@ void validate_geometry(const std::string& what, std::uint32_t capacity, std::uin
 // with (`ring_pool_id`, 0 = none): a process that cannot release the slots'
 // references must not touch slots that hold them.
 void check_pool(const std::string& what, std::uint32_t ring_pool_id, const BufferPool* pool);
-// A random 14-bit ring tag (for slot_holder()).
-std::uint32_t random_tag() noexcept;
+// The 14-bit tag of a new ring's holder ids (slot_holder()): the pool's next
+// (unique among its rings: BufferPool::next_holder_tag), or a random one for
+// a ring without a pool, whose slots never hold references.
+std::uint32_t holder_tag(BufferPool* pool) noexcept;
 // Slot i starts as (i, empty).
 void init_slots(std::byte* slots, std::uint32_t capacity, std::uint32_t slot_bytes) noexcept;
 // Whether a message fits a slot and its buffers can travel (ok, too_large,
