@@ -42,8 +42,10 @@ SharedMutex::ReaderSlot* SharedMutex::my_slot() noexcept {
     std::uint64_t w = s.word.load(std::memory_order_acquire);
     if (owner_of(w) != me) continue;
     if (s.token.load(std::memory_order_relaxed) == token) return &s;
-    // My pid, another start time: a dead predecessor's slot.
-    s.word.compare_exchange_strong(w, 0, std::memory_order_acq_rel);
+    // My pid, another token: a dead predecessor's slot (pid reuse) — or, in
+    // a mapping shared with another PID namespace, a live namesake's, which
+    // must keep its read count. Freed only when its owner is provably dead.
+    reclaim_if_dead(s, w);
   }
   for (int pass = 0; pass < 2; ++pass) {
     for (int j = 0; j < kReaderSlots; ++j) {
