@@ -42,12 +42,16 @@ bool ClientTable::reap(int k, std::uint32_t p, Reclaim reclaim, std::uint32_t* f
 int ClientTable::join(std::uint32_t pid, Reclaim reclaim) noexcept {
   if (mine_ >= 0) return mine_;
   const std::uint64_t token = detail::self_token();
+  std::uint32_t unused = 0;
   int i = find(pid);
   if (i >= 0) {  // J1
     if (slots_[i].token.load(std::memory_order_relaxed) == token) return mine_ = i;
-    reclaim(pid);  // a dead predecessor with my pid: give its buffers back first
+    // My pid, another token: a dead predecessor (pid reuse) whose buffers go
+    // back first — only once its token proves it dead, never for a live
+    // namesake of another PID namespace (segments refuse those at open, but
+    // an inherited mapping can reach one).
+    reap(i, pid, reclaim, &unused);
   }
-  std::uint32_t unused = 0;
   for (int pass = 0; pass < 2; ++pass) {
     for (i = 0; i < BufferPool::kMaxClients; ++i) {
       std::uint32_t p = slots_[i].pid.load(std::memory_order_acquire);
