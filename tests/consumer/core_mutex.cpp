@@ -40,10 +40,10 @@ int in_child(Fn fn) {
 }
 
 int run(const std::string& domain) {
-  ipc::SegmentOptions options;
-  options.size = 1u << 20;
-  options.domain = domain;  // a domain of our own: /dev/shm/ipc.<domain>.mutex
-  ipc::Segment seg = ipc::Segment::create("mutex", options);
+  // Designated initialisers that skip fields, under -Wall -Wextra -Werror
+  // (GCC 12's -Wmissing-field-initializers): the option structs allow them.
+  // A domain of our own: /dev/shm/ipc.<domain>.mutex.
+  ipc::Segment seg = ipc::Segment::create("mutex", {.size = 1u << 20, .domain = domain});
   auto& mutex = seg.find_or_create<ipc::Mutex>("lock", ipc::ObjectType::mutex);
   auto& shared = seg.find_or_create<Shared>("shared", ipc::ObjectType::raw);
   check(mutex.valid(), "mutex valid after creation");

@@ -208,7 +208,7 @@ class Received {
 };
 
 struct SubscriberConfig {
-  ReaderConfig reader;    // capnp traversal / nesting limits, checksum verification
+  ReaderConfig reader{};  // capnp traversal / nesting limits, checksum verification
   bool check_all = true;  // traverse every pointer at receive (a malformed message is refused up front)
 };
 

@@ -181,14 +181,14 @@ struct Object {
 struct SegmentOptions {
   std::size_t size = 16u << 20;            // total bytes, header and directory included
   mode_t mode = 0600;                      // permission bits of the shm file
-  std::optional<gid_t> group;              // chown the file to this group
+  std::optional<gid_t> group{};            // chown the file to this group
   std::uint32_t directory_capacity = 256;  // max objects in the segment
-  std::string domain;                      // empty: $IPC_DOMAIN, else "default"
+  std::string domain{};                    // empty: $IPC_DOMAIN, else "default"
 };
 
 struct OpenOptions {
   bool read_only = false;  // map PROT_READ (ipcctl); create/remove then throw
-  std::string domain;      // empty: $IPC_DOMAIN, else "default"
+  std::string domain{};    // empty: $IPC_DOMAIN, else "default"
 };
 
 struct SegmentInfo {
