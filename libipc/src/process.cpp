@@ -118,7 +118,7 @@ int liveness_fd() noexcept {
       // namespaces may have the same pid, or the same namespace).
       if (ofd_lock(fd, F_RDLCK, ns_byte, 1) && ofd_lock(fd, F_RDLCK, kPidRegion + ::getpid(), 1)) {
         g_registration.fd = fd;
-        g_registration.inode_bits = static_cast<std::uint64_t>(st.st_ino) & ((std::uint64_t{1} << kTokenInodeBits) - 1);
+        g_registration.inode_bits = static_cast<std::uint64_t>(st.st_ino) & kTokenInodeMask;
         g_registration.namespace_byte = ns_byte;
         fd = -1;
       }
@@ -279,8 +279,7 @@ Liveness token_liveness(std::uint64_t token) noexcept {
   const int fd = liveness_fd();
   if (fd < 0) return Liveness::unknown;
   // Another liveness file (recreated, or another /dev/shm): it cannot tell.
-  if ((token >> kTokenNonceBits & ((std::uint64_t{1} << kTokenInodeBits) - 1)) != g_registration.inode_bits)
-    return Liveness::unknown;
+  if ((token >> kTokenNonceBits & kTokenInodeMask) != g_registration.inode_bits) return Liveness::unknown;
   switch (ofd_locked_by_other(fd, static_cast<off_t>(token & kTokenNonceMask), 1)) {
     case 1: return Liveness::alive;
     case 0: return Liveness::dead;  // the kernel released it: the process has exited

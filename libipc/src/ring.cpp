@@ -32,11 +32,6 @@ const char* to_string(ReceiveStatus s) noexcept {
 
 namespace ring {
 
-std::uint64_t deadline_after(std::chrono::nanoseconds timeout) noexcept {
-  if (timeout == kForever) return UINT64_MAX;
-  return detail::monotonic_ns() + static_cast<std::uint64_t>(std::max<std::int64_t>(0, timeout.count()));
-}
-
 bool StuckTimer::expired(std::uint64_t key) noexcept {
   const std::uint64_t now = detail::monotonic_ns();
   if (key != key_.load(std::memory_order_relaxed)) {

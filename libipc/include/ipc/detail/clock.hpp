@@ -67,11 +67,5 @@ inline std::chrono::steady_clock::time_point deadline_time_after(std::chrono::na
   return now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout);
 }
 
-// A monotonic-ns deadline as a steady_clock time point (kNoDeadline → max()).
-inline std::chrono::steady_clock::time_point to_time_point(std::uint64_t deadline_ns) noexcept {
-  if (deadline_ns >= static_cast<std::uint64_t>(INT64_MAX)) return std::chrono::steady_clock::time_point::max();
-  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(static_cast<std::int64_t>(deadline_ns)));
-}
-
 }  // namespace detail
 }  // namespace ipc

@@ -81,6 +81,7 @@ inline constexpr std::uint64_t kTokenLivenessBit = std::uint64_t{1} << 63;
 inline constexpr int kTokenNonceBits = 40;
 inline constexpr int kTokenInodeBits = 23;
 inline constexpr std::uint64_t kTokenNonceMask = (std::uint64_t{1} << kTokenNonceBits) - 1;
+inline constexpr std::uint64_t kTokenInodeMask = (std::uint64_t{1} << kTokenInodeBits) - 1;
 
 struct ThreadIdentity {
   std::uint32_t pid;
